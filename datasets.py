@@ -1,0 +1,140 @@
+"""Unaligned image folders: finding them, reading any common image file as RGB, and the
+training samples (an A image, a randomly drawn B image, the same augmentation as the paper).
+
+A dataset root holds `trainA/ trainB/ testA/ testB/` (the authors' layout) or
+`train/A train/B test/A test/B`.
+"""
+import os
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageOps
+from torchvision.transforms import InterpolationMode
+
+from utils import UserError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+LAYOUT = "DIR/trainA, DIR/trainB, DIR/testA, DIR/testB (or DIR/train/A, DIR/train/B, ...)"
+
+
+def domain_dir(dataroot, split, domain):
+    """The folder of one domain ('A' or 'B') of one split ('train' or 'test')."""
+    if not os.path.isdir(dataroot):
+        raise UserError(f"--dataroot {dataroot}: no such folder; expected {LAYOUT}")
+    for candidate in (os.path.join(dataroot, split + domain), os.path.join(dataroot, split, domain)):
+        if os.path.isdir(candidate):
+            return candidate
+    raise UserError(f"{dataroot}: no folder {split}{domain} (or {split}/{domain}); expected {LAYOUT}")
+
+
+def list_images(folder):
+    """Image files directly in `folder`, sorted by name; an error when there are none."""
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMG_EXTENSIONS))
+    paths = [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+    if not paths:
+        raise UserError(f"{folder}: no images ({', '.join(IMG_EXTENSIONS)}); expected {LAYOUT}")
+    return paths
+
+
+def load_rgb(path, min_size=None):
+    """Open any common image as 8-bit RGB with its EXIF orientation applied.
+
+    Grayscale, palette, RGBA and CMYK convert directly; 16-bit and 32-bit grayscale are
+    scaled down to 8 bits rather than clipped. With `min_size`, a large JPEG is decoded at
+    a reduced scale that still covers min_size x min_size, which is much faster.
+    """
+    with Image.open(path) as img:
+        if min_size is not None:
+            img.draft("RGB", (min_size, min_size))
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            img = _high_bit_depth_to_l(img)
+        return img.convert("RGB")
+
+
+def _high_bit_depth_to_l(img):
+    pixels = np.asarray(img, dtype=np.float64)
+    if pixels.max() > 255:
+        pixels = pixels / 257.0
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_tensor(img):
+    """PIL RGB image to a 3xHxW float tensor in [-1, 1]."""
+    return TF.normalize(TF.to_tensor(img), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def augment(img, load_size, size, generator):
+    """The paper's training transform: bicubic resize to load_size x load_size, random
+    size x size crop, random horizontal flip. Randomness comes from `generator` only."""
+    img = TF.resize(img, [load_size, load_size], InterpolationMode.BICUBIC)
+    top, left = torch.randint(0, load_size - size + 1, (2,), generator=generator).tolist()
+    img = TF.crop(img, top, left, size, size)
+    if torch.rand((), generator=generator).item() < 0.5:
+        img = TF.hflip(img)
+    return img
+
+
+class UnalignedDataset(torch.utils.data.Dataset):
+    """Training pairs (A image, B image) with no correspondence between them.
+
+    Indexed by (index_A, index_B, seed) triples from `EpochSampler`: every random choice of
+    a sample is fixed by its triple, so a run resumed in the middle of an epoch sees the
+    same images and crops as an uninterrupted one, whatever the number of workers.
+    """
+
+    def __init__(self, paths_A, paths_B, load_size, size):
+        self.paths_A, self.paths_B = paths_A, paths_B
+        self.load_size, self.size = load_size, size
+
+    def __len__(self):
+        return max(len(self.paths_A), len(self.paths_B))
+
+    def __getitem__(self, key):
+        index_A, index_B, seed = key
+        generator = torch.Generator().manual_seed(seed)
+        return {"A": self._sample(self.paths_A[index_A], generator),
+                "B": self._sample(self.paths_B[index_B], generator)}
+
+    def _sample(self, path, generator):
+        img = load_rgb(path, min_size=self.load_size)
+        return to_tensor(augment(img, self.load_size, self.size, generator))
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """One epoch of (index_A, index_B, seed) triples, a pure function of (seed, epoch).
+
+    An epoch has max(|A|, |B|) samples: A is visited in a shuffled order (cycling when B is
+    larger), B is drawn at random for each sample, as in the authors' unaligned dataset.
+    `start` skips the samples already trained on when resuming mid-epoch.
+    """
+
+    def __init__(self, n_A, n_B, seed, epoch, start=0):
+        self.n_A, self.n_B, self.start = n_A, n_B, start
+        self.n = max(n_A, n_B)
+        self.epoch_seed = seed * 100_003 + epoch
+
+    def __len__(self):
+        return max(0, self.n - self.start)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.epoch_seed)
+        order = torch.randperm(self.n, generator=g) % self.n_A
+        draws_B = torch.randint(0, self.n_B, (self.n,), generator=g)
+        seeds = torch.randint(0, 2**62, (self.n,), generator=g)
+        triples = zip(order.tolist(), draws_B.tolist(), seeds.tolist())
+        return iter(list(triples)[self.start:])
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Images at native size for translation: (tensor in [-1, 1], index)."""
+
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return to_tensor(load_rgb(self.paths[i])), i

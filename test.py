@@ -1,0 +1,170 @@
+"""Translate images with trained CycleGAN generators, at their native size.
+
+    python test.py --dataroot datasets/horse2zebra            # testA -> B and testB -> A
+    python test.py --input my_photos --weights horse2zebra.pth --direction A2B
+
+Writes RESULTS/A2B/<name>.png and RESULTS/B2A/<name>.png (the translations), RESULTS/real_A/
+and RESULTS/real_B/ (the inputs as the network saw them) and RESULTS/index.html.
+"""
+import collections
+import html
+import os
+import sys
+
+import torch
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from datasets import ImageFiles, domain_dir, list_images
+from models import Generator, translate
+from utils import ArgumentParser, UserError, fail, load_weights, pick_device
+
+DIRECTIONS = {"A2B": ("A", "G_A2B"), "B2A": ("B", "G_B2A")}
+
+
+def build_parser():
+    p = ArgumentParser(description="Translate test images A->B and B->A with trained generators.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataroot", help="dataset folder: translates testA/ (or test/A) and testB/ (or test/B)")
+    source.add_argument("--input", help="a folder of your own images to translate in --direction")
+    p.add_argument("--direction", choices=("A2B", "B2A", "both"),
+                   help="which generator(s) to run (default: both with --dataroot, A2B with --input)")
+    p.add_argument("--weights", help="folder with netG_A2B.pth and netG_B2A.pth (train.py's --output), or one "
+                   "generator .pth file such as the authors' horse2zebra.pth (default: output/<dataroot name>)")
+    p.add_argument("--results", help="where translations and index.html go (default: <weights folder>/results)")
+    p.add_argument("--ngf", type=int, default=64, help="generator filters in the first layer, as in training (default: 64)")
+    p.add_argument("--n_blocks", type=int, default=9, help="residual blocks per generator, as in training (default: 9)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--workers", type=int, default=2, help="image-loading worker processes (default: 2)")
+    return p
+
+
+def resolve(args):
+    """Fill in the defaults that depend on other options; returns {direction: input folder}."""
+    if args.dataroot is not None:
+        directions = ("A2B", "B2A") if args.direction in (None, "both") else (args.direction,)
+        inputs = {d: domain_dir(args.dataroot, "test", DIRECTIONS[d][0]) for d in directions}
+        args.weights = args.weights or os.path.join("output", os.path.basename(os.path.normpath(args.dataroot)))
+    else:
+        if args.direction == "both":
+            raise UserError("--direction both needs --dataroot; with --input choose A2B or B2A")
+        if args.weights is None:
+            raise UserError("--input needs --weights (a training output folder or a generator .pth file)")
+        if not os.path.isdir(args.input):
+            raise UserError(f"--input {args.input}: no such folder")
+        inputs = {args.direction or "A2B": args.input}
+    if args.results is None:
+        base = args.weights if os.path.isdir(args.weights) else os.path.dirname(os.path.abspath(args.weights))
+        args.results = os.path.join(base, "results")
+    for folder in inputs.values():
+        if _inside(args.results, folder):
+            raise UserError(f"--results {args.results}: is inside the input folder {folder}; choose another")
+    return inputs
+
+
+def _inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def generator_states(weights, directions):
+    """{direction: (file, state_dict)} from a training output folder, a bare generator file
+    (ours or the authors'), or train.py's checkpoint.pth (which holds both generators)."""
+    if os.path.isdir(weights):
+        files = {d: os.path.join(weights, f"net{DIRECTIONS[d][1]}.pth") for d in directions}
+        for path in files.values():
+            if not os.path.isfile(path):
+                raise UserError(f"{path}: not found; --weights must be a folder written by train.py")
+        return {d: (path, _read(path)) for d, path in files.items()}
+    if not os.path.isfile(weights):
+        raise UserError(f"--weights {weights}: no such file or folder")
+    state = _read(weights)
+    if isinstance(state, dict) and "model" in state:
+        return {d: (weights, state["model"][DIRECTIONS[d][1]]) for d in directions}
+    if len(directions) > 1:
+        raise UserError(f"{weights}: holds one generator; add --direction A2B or B2A")
+    return {directions[0]: (weights, state)}
+
+
+def _read(path):
+    try:
+        return load_weights(path)
+    except Exception as e:
+        raise UserError(f"{path}: not a weights file torch can read safely ({type(e).__name__})")
+
+
+def build_generator(path, state, ngf, n_blocks, device):
+    G = Generator(ngf=ngf, n_blocks=n_blocks)
+    try:
+        G.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}: does not fit --ngf {ngf} --n_blocks {n_blocks}{_fitting_flags(state)} "
+                        f"({str(e).splitlines()[-1].strip()})")
+    return G.to(device).eval()
+
+
+def _fitting_flags(state):
+    try:
+        ngf = state["model.1.weight"].shape[0]
+        n_blocks = sum(k.endswith("conv_block.1.weight") for k in state)
+        return f"; it holds a generator for --ngf {ngf} --n_blocks {n_blocks}"
+    except (KeyError, TypeError, AttributeError):
+        return ""
+
+
+def output_names(paths):
+    """<stem>.png per input; files that share a stem (x.jpg, x.png) keep their extension."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    counts = collections.Counter(stems)
+    return [stem if counts[stem] == 1 else os.path.basename(p).replace(".", "_")
+            for stem, p in zip(stems, paths)]
+
+
+def run_direction(G, paths, results, direction, device, workers):
+    domain = DIRECTIONS[direction][0]
+    names = output_names(paths)
+    os.makedirs(os.path.join(results, direction), exist_ok=True)
+    os.makedirs(os.path.join(results, f"real_{domain}"), exist_ok=True)
+    loader = torch.utils.data.DataLoader(ImageFiles(paths), batch_size=None, num_workers=workers)
+    for image, i in tqdm(loader, desc=direction, total=len(paths)):
+        fake = translate(G, image.unsqueeze(0).to(device))
+        save_image(image * 0.5 + 0.5, os.path.join(results, f"real_{domain}", f"{names[i]}.png"))
+        save_image(fake[0] * 0.5 + 0.5, os.path.join(results, direction, f"{names[i]}.png"))
+    return names
+
+
+def write_index(results, done):
+    """index.html: each input beside its translation, with relative links."""
+    parts = ["<!doctype html><meta charset='utf-8'><title>CycleGAN results</title>",
+             "<style>body{font-family:sans-serif} td{padding:4px;vertical-align:top} "
+             "img{max-width:320px}</style>"]
+    for direction, names in done.items():
+        domain = DIRECTIONS[direction][0]
+        parts.append(f"<h2>{direction}</h2><table><tr><th>name</th><th>input</th><th>{direction}</th></tr>")
+        for name in names:
+            file = html.escape(f"{name}.png", quote=True)
+            parts.append(f"<tr><td>{html.escape(name)}</td>"
+                         f"<td><img loading='lazy' src='real_{domain}/{file}'></td>"
+                         f"<td><img loading='lazy' src='{direction}/{file}'></td></tr>")
+        parts.append("</table>")
+    with open(os.path.join(results, "index.html"), "w", encoding="utf-8") as f:
+        f.write("\n".join(parts) + "\n")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        inputs = resolve(args)
+        device = pick_device(args.device)
+        paths = {d: list_images(folder) for d, folder in inputs.items()}
+        states = generator_states(args.weights, list(inputs))
+        generators = {d: build_generator(*states[d], args.ngf, args.n_blocks, device) for d in inputs}
+    except UserError as e:
+        fail(f"test.py: error: {e}")
+    done = {d: run_direction(generators[d], paths[d], args.results, d, device, args.workers) for d in inputs}
+    write_index(args.results, done)
+    print(f"results in {args.results} ({os.path.join(args.results, 'index.html')})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,306 @@
+"""Train CycleGAN (Zhu et al. 2017) on two unaligned image folders.
+
+    python train.py --dataroot datasets/horse2zebra
+
+`CycleGAN` below is the model and its optimisation step, usable without the command line;
+`main` is the training loop: data, progress bar, losses.csv, samples, visdom, checkpoints
+that resume exactly (`--resume`).
+"""
+import itertools
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from datasets import EpochSampler, UnalignedDataset, domain_dir, list_images
+from models import Discriminator, Generator
+from utils import (LOSS_NAMES, ArgumentParser, Dashboard, ImagePool, LossLog, UserError, atomic_save,
+                   atomic_write_text, fail, linear_decay, load_weights, pick_device, save_visuals)
+
+ARCHITECTURE = ("ngf", "ndf", "n_blocks")
+
+
+class CycleGAN:
+    """The two generators (G_A2B, G_B2A), the two discriminators (D_A judges domain-A images,
+    D_B domain-B images), their two Adam optimisers and the two replay buffers."""
+
+    def __init__(self, device="cpu", ngf=64, ndf=64, n_blocks=9, lr=2e-4, lambda_cycle=10.0,
+                 lambda_identity=0.5, pool_size=50, seed=0):
+        self.device = torch.device(device)
+        self.lambda_cycle, self.lambda_identity = lambda_cycle, lambda_identity
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.G_A2B = Generator(ngf=ngf, n_blocks=n_blocks).to(self.device)
+            self.G_B2A = Generator(ngf=ngf, n_blocks=n_blocks).to(self.device)
+            self.D_A = Discriminator(ndf=ndf).to(self.device)
+            self.D_B = Discriminator(ndf=ndf).to(self.device)
+        generators = itertools.chain(self.G_A2B.parameters(), self.G_B2A.parameters())
+        discriminators = itertools.chain(self.D_A.parameters(), self.D_B.parameters())
+        self.opt_G = torch.optim.Adam(generators, lr=lr, betas=(0.5, 0.999))
+        self.opt_D = torch.optim.Adam(discriminators, lr=lr, betas=(0.5, 0.999))
+        self.pool_A = ImagePool(pool_size, seed=2 * seed)  # generated A images, for D_A
+        self.pool_B = ImagePool(pool_size, seed=2 * seed + 1)  # generated B images, for D_B
+        self.visuals = {}
+
+    def step(self, real_A, real_B):
+        """One optimisation step on a batch from each domain; returns the losses as floats."""
+        real_A, real_B = real_A.to(self.device), real_B.to(self.device)
+        fake_B = self.G_A2B(real_A)
+        rec_A = self.G_B2A(fake_B)
+        fake_A = self.G_B2A(real_B)
+        rec_B = self.G_A2B(fake_A)
+
+        _set_requires_grad((self.D_A, self.D_B), False)
+        loss_G_GAN = lsgan(self.D_B(fake_B), True) + lsgan(self.D_A(fake_A), True)
+        loss_G_cycle = self.lambda_cycle * (l1(rec_A, real_A) + l1(rec_B, real_B))
+        loss_G_identity = torch.zeros((), device=self.device)
+        if self.lambda_identity > 0:
+            # G_A2B should leave a B image unchanged, G_B2A an A image (Taigman et al.).
+            identity = l1(self.G_A2B(real_B), real_B) + l1(self.G_B2A(real_A), real_A)
+            loss_G_identity = self.lambda_cycle * self.lambda_identity * identity
+        loss_G = loss_G_GAN + loss_G_cycle + loss_G_identity
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_G.backward()
+        self.opt_G.step()
+
+        _set_requires_grad((self.D_A, self.D_B), True)
+        loss_D = (self._discriminator_loss(self.D_A, real_A, self.pool_A.query(fake_A))
+                  + self._discriminator_loss(self.D_B, real_B, self.pool_B.query(fake_B)))
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_D.backward()
+        self.opt_D.step()
+
+        self.visuals = {"real_A": real_A, "fake_B": fake_B.detach(), "rec_A": rec_A.detach(),
+                        "real_B": real_B, "fake_A": fake_A.detach(), "rec_B": rec_B.detach()}
+        losses = (loss_G, loss_G_GAN, loss_G_cycle, loss_G_identity, loss_D)
+        return {name: loss.item() for name, loss in zip(LOSS_NAMES, losses)}
+
+    @staticmethod
+    def _discriminator_loss(D, real, fake):
+        # Halved so that D learns at half the rate of G, as in the paper.
+        return 0.5 * (lsgan(D(real), True) + lsgan(D(fake.detach()), False))
+
+    def set_lr(self, lr):
+        for group in self.opt_G.param_groups + self.opt_D.param_groups:
+            group["lr"] = lr
+
+    def networks(self):
+        return {"G_A2B": self.G_A2B, "G_B2A": self.G_B2A, "D_A": self.D_A, "D_B": self.D_B}
+
+    def state_dict(self):
+        state = {name: net.state_dict() for name, net in self.networks().items()}
+        state.update(opt_G=self.opt_G.state_dict(), opt_D=self.opt_D.state_dict(),
+                     pool_A=self.pool_A.state_dict(), pool_B=self.pool_B.state_dict())
+        return state
+
+    def load_state_dict(self, state):
+        for name, net in self.networks().items():
+            net.load_state_dict(state[name])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        for name, pool in (("pool_A", self.pool_A), ("pool_B", self.pool_B)):
+            pool_state = dict(state[name])
+            pool_state["images"] = [im.to(self.device) for im in pool_state["images"]]
+            pool.load_state_dict(pool_state)
+
+
+def lsgan(prediction, is_real):
+    """Least-squares GAN loss against a target of 1 (real) or 0 (fake) for every patch."""
+    target = torch.ones_like(prediction) if is_real else torch.zeros_like(prediction)
+    return nn.functional.mse_loss(prediction, target)
+
+
+def l1(x, y):
+    return nn.functional.l1_loss(x, y)
+
+
+def _set_requires_grad(nets, flag):
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+def build_parser():
+    p = ArgumentParser(description="Train CycleGAN on unaligned image folders "
+                       "(DIR/trainA + DIR/trainB, or DIR/train/A + DIR/train/B).")
+    p.add_argument("--dataroot", required=True, help="dataset folder with trainA/ and trainB/ (or train/A, train/B)")
+    p.add_argument("--output", help="where weights, checkpoint, losses.csv and samples go (default: output/<dataroot name>)")
+    p.add_argument("--n_epochs", type=int, default=200, help="total number of epochs (default: 200)")
+    p.add_argument("--decay_epoch", type=int, default=100,
+                   help="epoch from which the learning rate falls linearly to zero at --n_epochs (default: 100)")
+    p.add_argument("--batch_size", type=int, default=1, help="images per domain per step (default: 1, as in the paper)")
+    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate, betas 0.5/0.999 (default: 2e-4)")
+    p.add_argument("--size", type=int, default=256, help="training crop size, a multiple of 4 (default: 256)")
+    p.add_argument("--load_size", type=int,
+                   help="images are resized to this before cropping (default: size*286/256, i.e. 286 for 256)")
+    p.add_argument("--lambda_cycle", type=float, default=10.0, help="weight of the cycle-consistency loss (default: 10)")
+    p.add_argument("--lambda_identity", type=float, default=0.5,
+                   help="weight of the identity loss, relative to --lambda_cycle; 0 turns it off (default: 0.5)")
+    p.add_argument("--pool_size", type=int, default=50,
+                   help="generated images kept per domain in the discriminators' replay buffer; 0 turns it off (default: 50)")
+    p.add_argument("--ngf", type=int, default=64, help="generator filters in the first conv layer (default: 64)")
+    p.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first conv layer (default: 64)")
+    p.add_argument("--n_blocks", type=int, default=9, help="residual blocks in each generator (default: 9)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--workers", type=int, default=4, help="data-loading worker processes; 0 loads in the main process (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initial weights, data order, crops and the buffers (default: 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its checkpoint.pth; options not given again are taken from it")
+    p.add_argument("--log_every", type=int, default=100,
+                   help="iterations between rows of losses.csv and visdom plot points (default: 100)")
+    p.add_argument("--sample_every", type=int, default=500,
+                   help="iterations between sample grids in samples/ and on visdom (default: 500)")
+    p.add_argument("--save_every", type=int, default=5000,
+                   help="iterations between checkpoints, besides the one at every epoch end (default: 5000)")
+    p.add_argument("--no_visdom", action="store_true", help="do not send plots and images to visdom")
+    p.add_argument("--visdom_server", default="http://localhost", help="visdom server address (default: http://localhost)")
+    p.add_argument("--visdom_port", type=int, default=8097, help="visdom server port (default: 8097)")
+    return p
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.output = args.output or os.path.join("output", os.path.basename(os.path.normpath(args.dataroot)))
+    checkpoint = None
+    if args.resume:
+        checkpoint = read_checkpoint(os.path.join(args.output, "checkpoint.pth"))
+        saved = {k: v for k, v in checkpoint["options"].items() if k not in ("output", "resume")}
+        parser.set_defaults(**saved)
+        output = args.output
+        args = parser.parse_args(argv)
+        args.output = output
+        mismatch = [f"--{k} {getattr(args, k)} (checkpoint: {saved[k]})"
+                    for k in ARCHITECTURE if getattr(args, k) != saved[k]]
+        if mismatch:
+            raise UserError(f"--resume: {', '.join(mismatch)}; drop these flags to continue the run")
+    if args.load_size is None:
+        args.load_size = args.size * 286 // 256
+    check_args(args)
+    return args, checkpoint
+
+
+def read_checkpoint(path):
+    if not os.path.isfile(path):
+        raise UserError(f"--resume: no checkpoint at {path}; start without --resume or point --output at the run")
+    try:
+        return load_weights(path)
+    except Exception as e:
+        raise UserError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__})")
+
+
+def check_args(args):
+    rules = [
+        (args.size > 0 and args.size % 4 == 0, f"--size {args.size}: must be a positive multiple of 4"),
+        (args.load_size >= args.size, f"--load_size {args.load_size}: must be at least --size {args.size}"),
+        (args.n_epochs >= 1, f"--n_epochs {args.n_epochs}: must be at least 1"),
+        (0 <= args.decay_epoch <= args.n_epochs,
+         f"--decay_epoch {args.decay_epoch}: must be between 0 and --n_epochs {args.n_epochs}"),
+        (args.batch_size >= 1, f"--batch_size {args.batch_size}: must be at least 1"),
+        (args.lr > 0, f"--lr {args.lr}: must be positive"),
+        (args.lambda_cycle >= 0 and args.lambda_identity >= 0, "--lambda_cycle and --lambda_identity must be >= 0"),
+        (args.pool_size >= 0, f"--pool_size {args.pool_size}: must be >= 0"),
+        (min(args.ngf, args.ndf, args.n_blocks) >= 1, "--ngf, --ndf and --n_blocks must be at least 1"),
+        (args.workers >= 0, f"--workers {args.workers}: must be >= 0"),
+        (min(args.log_every, args.sample_every, args.save_every) >= 1,
+         "--log_every, --sample_every and --save_every must be at least 1"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message)
+
+
+def save_run(model, args, epoch, batch, iteration, seconds):
+    """Bare generator and discriminator weights, then the full checkpoint, each written
+    atomically so that a kill at any moment leaves the previous complete files."""
+    for name, net in model.networks().items():
+        atomic_save(net.state_dict(), os.path.join(args.output, f"net{name}.pth"))
+    checkpoint = {"model": model.state_dict(), "epoch": epoch, "batch": batch, "iteration": iteration,
+                  "seconds": seconds, "options": vars(args),
+                  "rng": {"torch": torch.get_rng_state(),
+                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+    atomic_save(checkpoint, os.path.join(args.output, "checkpoint.pth"))
+
+
+def train(args, checkpoint):
+    device = pick_device(args.device)
+    paths_A = list_images(domain_dir(args.dataroot, "train", "A"))
+    paths_B = list_images(domain_dir(args.dataroot, "train", "B"))
+    if checkpoint is None and os.path.exists(os.path.join(args.output, "checkpoint.pth")):
+        raise UserError(f"{args.output} already holds a run; add --resume to continue it, "
+                        "or choose another --output")
+    os.makedirs(os.path.join(args.output, "samples"), exist_ok=True)
+
+    model = CycleGAN(device=device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks, lr=args.lr,
+                     lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
+                     pool_size=args.pool_size, seed=args.seed)
+    epoch, batch, iteration, seconds = 0, 0, 0, 0.0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        epoch, batch = checkpoint["epoch"], checkpoint["batch"]
+        iteration, seconds = checkpoint["iteration"], checkpoint["seconds"]
+        print(f"resuming {args.output} at epoch {epoch + 1}, iteration {iteration}")
+    atomic_write_text(json.dumps(vars(args), indent=2) + "\n", os.path.join(args.output, "options.json"))
+    log = LossLog(os.path.join(args.output, "losses.csv"))
+    log.truncate_after(iteration)
+    dashboard = None if args.no_visdom else Dashboard(
+        args.visdom_server, args.visdom_port, env=os.path.basename(os.path.normpath(args.output)),
+        options=vars(args))
+
+    dataset = UnalignedDataset(paths_A, paths_B, args.load_size, args.size)
+    batches_per_epoch = math.ceil(len(dataset) / args.batch_size)
+    print(f"{len(paths_A)} A and {len(paths_B)} B images, {batches_per_epoch} iterations per epoch, "
+          f"device {device}, output {args.output}")
+    start = time.perf_counter() - seconds
+    sums, count = dict.fromkeys(LOSS_NAMES, 0.0), 0
+    for epoch in range(epoch, args.n_epochs):
+        lr = args.lr * linear_decay(epoch, args.n_epochs, args.decay_epoch)
+        model.set_lr(lr)
+        sampler = EpochSampler(len(paths_A), len(paths_B), args.seed, epoch, start=batch * args.batch_size)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+                                             num_workers=args.workers, pin_memory=device.type == "cuda")
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.n_epochs}", initial=batch,
+                   total=batches_per_epoch, dynamic_ncols=True)
+        for data in bar:
+            losses = model.step(data["A"], data["B"])
+            iteration, batch, count = iteration + 1, batch + 1, count + 1
+            for name, value in losses.items():
+                sums[name] += value
+            bar.set_postfix({k.removeprefix("loss_"): f"{v / count:.3f}" for k, v in sums.items()}, refresh=False)
+            if iteration % args.log_every == 0:
+                means = {k: v / count for k, v in sums.items()}
+                log.append({"iteration": iteration, "epoch": epoch + 1, **means, "lr": lr,
+                            "seconds": round(time.perf_counter() - start, 3)})
+                if dashboard:
+                    dashboard.plot(iteration, means)
+                sums, count = dict.fromkeys(LOSS_NAMES, 0.0), 0
+            if iteration % args.sample_every == 0:
+                save_visuals(model.visuals, os.path.join(args.output, "samples", f"iter_{iteration:07d}.png"))
+                if dashboard:
+                    dashboard.show(model.visuals)
+            if iteration % args.save_every == 0:
+                save_run(model, args, epoch, batch, iteration, time.perf_counter() - start)
+        bar.close()
+        batch = 0
+        save_run(model, args, epoch + 1, 0, iteration, time.perf_counter() - start)
+    print(f"done: {args.n_epochs} epochs, {iteration} iterations; weights in {args.output}")
+
+
+def main(argv=None):
+    try:
+        args, checkpoint = parse_args(argv)
+        train(args, checkpoint)
+    except UserError as e:
+        fail(f"train.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

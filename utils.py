@@ -1,0 +1,240 @@
+"""Helpers shared by train.py and test.py: the replay buffer, the learning-rate schedule,
+crash-safe file writing, one-line errors, the loss log and the visdom dashboard."""
+import argparse
+import csv
+import io
+import json
+import os
+import random
+import sys
+import warnings
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+
+class UserError(Exception):
+    """A mistake the user can fix: reported as one line, exit status 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line and exit status 2."""
+
+    def error(self, message):
+        fail(f"{self.prog}: error: {message}")
+
+
+def fail(message):
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
+def pick_device(name):
+    """'auto' means CUDA when available; an explicit CUDA device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: this machine has no usable CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise UserError(f"--device {name}: not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+class ImagePool:
+    """The replay buffer of Shrivastava et al. used by CycleGAN for the discriminators.
+
+    While it holds fewer than `pool_size` images it stores and returns each new image;
+    once full, with probability 0.5 it returns a stored image and keeps the new one in its
+    place, else it returns the new image. Decided per image; `pool_size=0` disables it.
+    """
+
+    def __init__(self, pool_size, seed=0):
+        self.pool_size = pool_size
+        self.images = []
+        self.rng = random.Random(seed)
+
+    def query(self, images):
+        if self.pool_size == 0:
+            return images
+        out = []
+        for image in images.detach():
+            image = image.unsqueeze(0)
+            if len(self.images) < self.pool_size:
+                self.images.append(image)
+                out.append(image)
+            elif self.rng.uniform(0, 1) > 0.5:
+                i = self.rng.randint(0, self.pool_size - 1)
+                out.append(self.images[i].clone())
+                self.images[i] = image
+            else:
+                out.append(image)
+        return torch.cat(out, 0)
+
+    def state_dict(self):
+        return {"images": list(self.images), "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state):
+        self.images = list(state["images"])
+        self.rng.setstate(_as_random_state(state["rng"]))
+
+
+def _as_random_state(state):
+    # A saved random.Random state comes back from torch.load with lists where Python
+    # wants tuples.
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def linear_decay(epoch, n_epochs, decay_epoch):
+    """Learning-rate factor for 0-based `epoch`: 1 for the first `decay_epoch` epochs, then
+    falling linearly so that it would reach 0 at `n_epochs` (the last epoch runs at
+    1/(n_epochs - decay_epoch))."""
+    if epoch < decay_epoch:
+        return 1.0
+    return 1.0 - (epoch - decay_epoch) / max(1, n_epochs - decay_epoch)
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary name, then rename: a kill never leaves a truncated file."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text, path):
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _atomic_write(path, write):
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_weights(path, map_location="cpu"):
+    """torch.load that never unpickles code: only tensors and plain containers."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+LOSS_NAMES = ("loss_G", "loss_G_GAN", "loss_G_cycle", "loss_G_identity", "loss_D")
+
+
+class LossLog:
+    """losses.csv: one row per logging interval with the mean losses over that interval."""
+
+    FIELDS = ("iteration", "epoch") + LOSS_NAMES + ("lr", "seconds")
+
+    def __init__(self, path):
+        self.path = path
+
+    def truncate_after(self, iteration):
+        """Drop rows written after the checkpoint a run resumes from, so the log matches
+        the weights; a half-written last line from a kill goes too."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if _row_iteration(r) <= iteration]
+        atomic_write_text(_csv_text(self.FIELDS, rows), self.path)
+
+    def append(self, row):
+        new = not os.path.exists(self.path)
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(row[k]) for k in self.FIELDS})
+
+
+def _row_iteration(row):
+    try:
+        complete = all(row.get(k) not in (None, "") for k in LossLog.FIELDS)
+        return int(row["iteration"]) if complete else float("inf")
+    except ValueError:
+        return float("inf")
+
+
+def _csv_text(fields, rows):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _fmt(value):
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+VISUAL_NAMES = ("real_A", "fake_B", "rec_A", "real_B", "fake_A", "rec_B")
+
+
+def visuals_grid(visuals):
+    """The six images as one [0, 1] grid: real_A, fake_B, rec_A over real_B, fake_A, rec_B."""
+    images = torch.stack([visuals[k][0].float().cpu() for k in VISUAL_NAMES])
+    return make_grid(images * 0.5 + 0.5, nrow=3, padding=2)
+
+
+def save_visuals(visuals, path):
+    save_image(visuals_grid(visuals), path)
+
+
+class Dashboard:
+    """Loss plots and the six-image panel in visdom, one environment per run.
+
+    When no visdom server answers it warns once, saying how to start one, and every
+    later call does nothing, so training never fails or slows for want of a dashboard.
+    """
+
+    def __init__(self, server, port, env, options):
+        self.viz = None
+        self.windows = set()
+        try:
+            import visdom
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                viz = visdom.Visdom(server=server, port=port, env=env, raise_exceptions=True,
+                                    use_incoming_socket=False)
+            connected = viz.check_connection(timeout_seconds=3)
+        except Exception:
+            connected = False
+        if not connected:
+            print(f"warning: no visdom server answers at {server}:{port}; training goes on "
+                  f"without plots. Start one with `python -m visdom.server -port {port}` "
+                  f"or pass --no_visdom.", file=sys.stderr)
+            return
+        self.viz = viz
+        self._send(viz.text, "<pre>" + json.dumps(options, indent=1) + "</pre>", win="options")
+
+    def plot(self, iteration, losses):
+        if self.viz is None:
+            return
+        for name, value in losses.items():
+            self._send(self.viz.line, X=[iteration], Y=[value], win=name,
+                       update="append" if name in self.windows else None,
+                       opts={"title": name, "xlabel": "iteration"})
+            self.windows.add(name)
+
+    def show(self, visuals):
+        if self.viz is not None:
+            self._send(self.viz.image, visuals_grid(visuals), win="images",
+                       opts={"title": " | ".join(VISUAL_NAMES)})
+
+    def _send(self, method, *args, **kwargs):
+        try:
+            method(*args, **kwargs)
+        except Exception as e:
+            print(f"warning: visdom stopped answering ({type(e).__name__}); "
+                  "training goes on without plots.", file=sys.stderr)
+            self.viz = None
