@@ -93,10 +93,11 @@ def count_parameters(net):
 def translate(G, image):
     """Run generator G on a [-1, 1] batch of any height and width.
 
-    The input is padded (edge pixels repeated) up to a multiple of 4 and the output is
-    cropped back, so the result has exactly the input's size.
+    The input is padded (edge pixels repeated) up to a multiple of 4, and to at least 8 so
+    that the reflection padding at 1/4 resolution has room, then the output is cropped
+    back: the result has exactly the input's size.
     """
     h, w = image.shape[-2:]
-    pad_h, pad_w = -h % 4, -w % 4
+    pad_h, pad_w = max(8, h + -h % 4) - h, max(8, w + -w % 4) - w
     padded = nn.functional.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
     return G(padded)[..., :h, :w]
