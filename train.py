@@ -131,8 +131,9 @@ def build_parser():
     p.add_argument("--dataroot", required=True, help="dataset folder with trainA/ and trainB/ (or train/A, train/B)")
     p.add_argument("--output", help="where weights, checkpoint, losses.csv and samples go (default: output/<dataroot name>)")
     p.add_argument("--n_epochs", type=int, default=200, help="total number of epochs (default: 200)")
-    p.add_argument("--decay_epoch", type=int, default=100,
-                   help="epoch from which the learning rate falls linearly to zero at --n_epochs (default: 100)")
+    p.add_argument("--decay_epoch", type=int,
+                   help="epochs at the full learning rate before it falls linearly towards zero at --n_epochs "
+                   "(default: half of --n_epochs, i.e. 100)")
     p.add_argument("--batch_size", type=int, default=1, help="images per domain per step (default: 1, as in the paper)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate, betas 0.5/0.999 (default: 2e-4)")
     p.add_argument("--size", type=int, default=256, help="training crop size, a multiple of 4 (default: 256)")
@@ -181,6 +182,8 @@ def parse_args(argv=None):
             raise UserError(f"--resume: {', '.join(mismatch)}; drop these flags to continue the run")
     if args.load_size is None:
         args.load_size = args.size * 286 // 256
+    if args.decay_epoch is None:
+        args.decay_epoch = args.n_epochs // 2
     check_args(args)
     return args, checkpoint
 

@@ -4,6 +4,7 @@ import argparse
 import csv
 import io
 import json
+import logging
 import os
 import random
 import sys
@@ -93,12 +94,11 @@ def _as_random_state(state):
 
 
 def linear_decay(epoch, n_epochs, decay_epoch):
-    """Learning-rate factor for 0-based `epoch`: 1 for the first `decay_epoch` epochs, then
-    falling linearly so that it would reach 0 at `n_epochs` (the last epoch runs at
-    1/(n_epochs - decay_epoch))."""
-    if epoch < decay_epoch:
-        return 1.0
-    return 1.0 - (epoch - decay_epoch) / max(1, n_epochs - decay_epoch)
+    """Learning-rate factor for 0-based `epoch`, as in the authors' release: 1 for the first
+    `decay_epoch` epochs, then a straight line that would reach 0 at epoch `n_epochs`, so
+    each of the last n_epochs - decay_epoch epochs runs at a lower rate than the one before
+    (the last at 1/(n_epochs - decay_epoch + 1))."""
+    return 1.0 - max(0, epoch + 1 - decay_epoch) / (n_epochs - decay_epoch + 1)
 
 
 def atomic_save(obj, path):
@@ -202,6 +202,9 @@ class Dashboard:
         self.windows = set()
         try:
             import visdom
+            # visdom logs a session line and a traceback per failed request; one warning
+            # from us says all the user needs.
+            logging.getLogger("visdom").setLevel(logging.CRITICAL)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 viz = visdom.Visdom(server=server, port=port, env=env, raise_exceptions=True,

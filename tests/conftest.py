@@ -1,4 +1,7 @@
 """Shared test helpers: tiny generated datasets and running the scripts as a user would."""
+import contextlib
+import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -40,10 +43,33 @@ def dataset(tmp_path):
     return make_dataset(tmp_path / "data")
 
 
-def run_script(script, *args, cwd=None, timeout=300):
-    """Run train.py or test.py in a subprocess; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run_script(script, *args, cwd=None, timeout=300, in_process=True):
+    """Run train.py or test.py with a command line; returns a CompletedProcess.
+
+    In-process by default, which saves the interpreter start-up (seconds of torch and
+    torchvision imports) per call; `in_process=False` runs a real subprocess.
+    """
+    argv = [str(a) for a in args]
+    if not in_process:
+        return subprocess.run([sys.executable, os.path.join(ROOT, script), *argv],
+                              cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd or os.getcwd()):
+        try:
+            load_script(script).main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(script, code, out.getvalue(), err.getvalue())
+
+
+def load_script(script):
+    """Import a top-level script as a module (test.py would clash with the stdlib's test)."""
+    name = "script_" + script.removesuffix(".py")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, script))
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 def assert_user_error(result, *words):

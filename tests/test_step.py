@@ -232,8 +232,8 @@ def test_pool_state_round_trip_gives_the_same_future_choices():
         assert torch.equal(a.query(images(1, i)), b.query(images(1, i)))
 
 
-@pytest.mark.parametrize("epoch,factor", [(0, 1.0), (99, 1.0), (100, 1.0), (150, 0.5), (199, 0.01)])
-def test_lr_is_constant_until_decay_epoch_then_falls_linearly_towards_zero_at_n_epochs(epoch, factor):
+@pytest.mark.parametrize("epoch,factor", [(0, 1.0), (99, 1.0), (100, 100 / 101), (150, 50 / 101), (199, 1 / 101)])
+def test_lr_is_constant_for_decay_epoch_epochs_then_falls_linearly_towards_zero_at_n_epochs(epoch, factor):
     assert linear_decay(epoch, n_epochs=200, decay_epoch=100) == pytest.approx(factor)
 
 

@@ -1,0 +1,236 @@
+"""train.py and test.py run as a user runs them: outputs, resume, and one-line errors."""
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, TINY, assert_user_error, make_dataset, run_script
+
+WEIGHTS = ("netG_A2B.pth", "netG_B2A.pth", "netD_A.pth", "netD_B.pth")
+
+
+def train(dataroot, output, *extra):
+    return run_script("train.py", "--dataroot", dataroot, "--output", output, *TINY, *extra)
+
+
+def read_losses(output):
+    with open(os.path.join(output, "losses.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_weights(dir_a, dir_b):
+    for name in WEIGHTS:
+        a, b = (torch.load(os.path.join(d, name), weights_only=True) for d in (dir_a, dir_b))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name} {key} differs"
+
+
+def test_two_epochs_of_training_then_translation_end_to_end(dataset, tmp_path):
+    out = str(tmp_path / "run")
+    result = run_script("train.py", "--dataroot", dataset, "--output", out, *TINY, "--n_epochs", "2",
+                        "--log_every", "2", "--sample_every", "5", "--save_every", "4", in_process=False)
+    assert result.returncode == 0, result.stderr
+    assert set(WEIGHTS) | {"checkpoint.pth", "options.json", "losses.csv", "samples"} <= set(os.listdir(out))
+    rows = read_losses(out)
+    assert [int(r["iteration"]) for r in rows] == [2, 4, 6, 8, 10, 12, 14]  # 7 iterations per epoch
+    assert [int(r["epoch"]) for r in rows] == [1, 1, 1, 2, 2, 2, 2]
+    assert float(rows[0]["lr"]) == pytest.approx(2e-4) and float(rows[-1]["lr"]) == pytest.approx(1e-4)
+    assert sorted(os.listdir(os.path.join(out, "samples"))) == ["iter_0000005.png", "iter_0000010.png"]
+    assert Image.open(os.path.join(out, "samples", "iter_0000005.png")).size == (3 * 34 + 2, 2 * 34 + 2)
+    checkpoint = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["batch"], checkpoint["iteration"]) == (2, 0, 14)
+
+    results = str(tmp_path / "results")
+    result = run_script("test.py", "--dataroot", dataset, "--weights", out, "--results", results,
+                        "--ngf", "8", "--n_blocks", "2", "--device", "cpu", "--workers", "0", in_process=False)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(os.path.join(results, "A2B"))) == ["testA_0.png", "testA_1.png", "testA_2.png"]
+    assert sorted(os.listdir(os.path.join(results, "B2A"))) == ["testB_0.png", "testB_1.png"]
+    for i in range(3):  # native sizes, not squashed to the training size
+        assert Image.open(os.path.join(results, "A2B", f"testA_{i}.png")).size == (50 + i, 37 + 2 * i)
+    page = open(os.path.join(results, "index.html")).read()
+    assert "src='real_A/testA_1.png'" in page and "src='A2B/testA_1.png'" in page
+    assert "src='real_B/testB_0.png'" in page and "src='B2A/testB_0.png'" in page
+
+
+def test_results_default_to_the_weights_folder(dataset, tmp_path):
+    out = str(tmp_path / "run")
+    assert train(dataset, out, "--n_epochs", "1").returncode == 0
+    result = run_script("test.py", "--dataroot", dataset, "--weights", out, "--ngf", "8", "--n_blocks", "2",
+                        "--direction", "B2A", "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(os.path.join(out, "results"))) == ["B2A", "index.html", "real_B"]
+
+
+def test_run_killed_mid_training_then_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+    data = make_dataset(tmp_path / "data", {"trainA": 12, "trainB": 9})
+    options = ["--n_epochs", "3", "--decay_epoch", "1", "--save_every", "2", "--pool_size", "3", "--log_every", "1"]
+    straight = str(tmp_path / "straight")
+    assert train(data, straight, *options).returncode == 0
+
+    killed = str(tmp_path / "killed")
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "--dataroot", data, "--output", killed, *TINY, *options]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = os.path.join(killed, "checkpoint.pth")
+    while not os.path.exists(checkpoint) and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = torch.load(checkpoint, weights_only=True)["iteration"]
+    assert stopped_at < 36, "the run finished before it could be killed"
+
+    resumed = run_script("train.py", "--dataroot", data, "--output", killed, "--resume", in_process=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"iteration {stopped_at}" in resumed.stdout
+    assert_same_weights(straight, killed)
+    without_time = [{k: v for k, v in row.items() if k != "seconds"} for row in read_losses(straight)]
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in read_losses(killed)] == without_time
+
+
+def test_resume_drops_log_rows_newer_than_the_checkpoint(dataset, tmp_path):
+    out = str(tmp_path / "run")
+    assert train(dataset, out, "--n_epochs", "1", "--log_every", "1").returncode == 0
+    with open(os.path.join(out, "losses.csv"), "a") as f:
+        f.write("99,1,1,1,1,1,1,0.0002,1\n100,1,1,1")  # rows after the checkpoint, the last cut short
+    assert run_script("train.py", "--dataroot", dataset, "--output", out, "--resume",
+                      "--n_epochs", "2").returncode == 0
+    assert [int(r["iteration"]) for r in read_losses(out)] == list(range(1, 15))
+
+
+def test_resume_keeps_the_options_of_the_run(dataset, tmp_path):
+    out = str(tmp_path / "run")
+    assert train(dataset, out, "--n_epochs", "1", "--lambda_cycle", "5").returncode == 0
+    assert run_script("train.py", "--dataroot", dataset, "--output", out, "--resume", "--n_epochs", "2").returncode == 0
+    options = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=True)["options"]
+    assert (options["lambda_cycle"], options["n_epochs"], options["ngf"], options["size"]) == (5.0, 2, 8, 32)
+
+
+def test_resume_refuses_other_architecture_flags(dataset, tmp_path):
+    out = str(tmp_path / "run")
+    assert train(dataset, out, "--n_epochs", "1").returncode == 0
+    result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume", "--ngf", "16")
+    assert_user_error(result, "--ngf 16 (checkpoint: 8)")
+
+
+def test_a_new_run_refuses_to_overwrite_an_existing_one(dataset, tmp_path):
+    out = str(tmp_path / "run")
+    assert train(dataset, out, "--n_epochs", "1").returncode == 0
+    before = os.path.getmtime(os.path.join(out, "checkpoint.pth"))
+    assert_user_error(train(dataset, out, "--n_epochs", "1"), "already holds a run", "--resume")
+    assert os.path.getmtime(os.path.join(out, "checkpoint.pth")) == before
+
+
+def test_resume_without_a_checkpoint_is_a_user_error(dataset, tmp_path):
+    assert_user_error(train(dataset, str(tmp_path / "none"), "--resume"), "no checkpoint")
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--size", "30"], ["--size 30", "multiple of 4"]),
+    (["--load_size", "28"], ["--load_size 28", "at least --size 32"]),
+    (["--n_epochs", "-1"], ["--n_epochs -1"]),
+    (["--n_epochs", "5", "--decay_epoch", "6"], ["--decay_epoch 6"]),
+    (["--batch_size", "0"], ["--batch_size 0"]),
+    (["--size", "big"], ["--size", "invalid int value"]),
+    (["--no_such_flag"], ["unrecognized arguments"]),
+])
+def test_bad_options_give_one_line_and_exit_status_2(dataset, tmp_path, flags, words):
+    assert_user_error(train(dataset, str(tmp_path / "run"), *flags), *words)
+    assert not os.path.exists(tmp_path / "run" / "checkpoint.pth")
+
+
+def test_missing_dataroot_is_a_user_error_from_the_real_command_line(tmp_path):
+    result = run_script("train.py", "--dataroot", tmp_path / "nope", in_process=False)
+    assert_user_error(result, "nope", "no such folder")
+
+
+def test_missing_domain_is_a_user_error_naming_the_layout(tmp_path):
+    data = make_dataset(tmp_path / "data", {"trainA": 2})
+    assert_user_error(train(data, str(tmp_path / "run")), "trainB", "DIR/trainA, DIR/trainB")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_cuda_is_a_user_error(dataset, tmp_path):
+    result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "run", "--device", "cuda")
+    assert_user_error(result, "--device cuda", "--device cpu")
+
+
+def test_unreachable_visdom_warns_once_and_training_goes_on(dataset, tmp_path):
+    args = [a for a in TINY if a != "--no_visdom"]
+    result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "run", *args,
+                        "--n_epochs", "2", "--log_every", "1", "--sample_every", "1", "--visdom_port", "9")
+    assert result.returncode == 0, result.stderr
+    messages = [line for line in result.stderr.splitlines() if line.strip() and "%|" not in line]  # no progress bars
+    assert len(messages) == 1 and "python -m visdom.server -port 9" in messages[0], result.stderr
+
+
+def test_help_explains_every_option():
+    result = run_script("train.py", "--help")
+    options = re.findall(r"^\s+(--\w+)", result.stdout, re.M)
+    assert {"--dataroot", "--output", "--n_epochs", "--decay_epoch", "--batch_size", "--lr", "--size",
+            "--load_size", "--lambda_cycle", "--lambda_identity", "--pool_size", "--ngf", "--ndf", "--n_blocks",
+            "--device", "--workers", "--seed", "--resume", "--no_visdom", "--visdom_server", "--visdom_port",
+            "--sample_every", "--save_every"} <= set(options)
+    assert "default: 200" in result.stdout
+
+
+def tiny_generator_file(path, ngf=8, n_blocks=2):
+    from models import Generator
+    torch.save(Generator(ngf=ngf, n_blocks=n_blocks).state_dict(), path)
+    return str(path)
+
+
+def test_a_single_generator_file_translates_a_folder_of_photos(tmp_path):
+    photos = make_dataset(tmp_path / "photos", {"mine": 2})
+    weights = tiny_generator_file(tmp_path / "horse2zebra.pth")
+    results = tmp_path / "out"
+    result = run_script("test.py", "--input", os.path.join(photos, "mine"), "--weights", weights,
+                        "--results", results, "--ngf", "8", "--n_blocks", "2", "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(results / "A2B")) == ["mine_0.png", "mine_1.png"]
+
+
+def test_checkpoint_pth_is_accepted_as_weights(dataset, tmp_path):
+    out = str(tmp_path / "run")
+    assert train(dataset, out, "--n_epochs", "1").returncode == 0
+    result = run_script("test.py", "--dataroot", dataset, "--weights", os.path.join(out, "checkpoint.pth"),
+                        "--results", tmp_path / "res", "--ngf", "8", "--n_blocks", "2", "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert len(os.listdir(tmp_path / "res" / "A2B")) == 3 and len(os.listdir(tmp_path / "res" / "B2A")) == 2
+
+
+def test_a_generator_of_another_architecture_names_the_flags_that_fit(dataset, tmp_path):
+    weights = tiny_generator_file(tmp_path / "g.pth", ngf=16, n_blocks=3)
+    result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights", weights,
+                        "--results", tmp_path / "res", "--ngf", "8", "--n_blocks", "2")
+    assert_user_error(result, "g.pth", "--ngf 16 --n_blocks 3")
+
+
+def test_missing_weights_name_the_file(dataset, tmp_path):
+    result = run_script("test.py", "--dataroot", dataset, "--weights", tmp_path)
+    assert_user_error(result, "netG_A2B.pth", "not found")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(dataset, tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights", tmp_path / "junk.pth")
+    assert_user_error(result, "junk.pth", "not a weights file")
+
+
+def test_one_generator_file_for_both_directions_is_refused(dataset, tmp_path):
+    weights = tiny_generator_file(tmp_path / "g.pth")
+    assert_user_error(run_script("test.py", "--dataroot", dataset, "--weights", weights), "--direction")
+
+
+def test_results_inside_the_input_folder_are_refused(dataset, tmp_path):
+    weights = tiny_generator_file(tmp_path / "g.pth")
+    folder = os.path.join(dataset, "testA")
+    result = run_script("test.py", "--input", folder, "--weights", weights, "--results", os.path.join(folder, "r"))
+    assert_user_error(result, "inside the input folder")

@@ -1,0 +1,115 @@
+"""Finding dataset folders, reading every common image format as RGB, and the sampling."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_image
+from datasets import EpochSampler, UnalignedDataset, augment, domain_dir, list_images, load_rgb
+from utils import UserError
+
+
+@pytest.mark.parametrize("layout", ["trainA", "train/A"])
+def test_both_folder_layouts_are_found(tmp_path, layout):
+    write_image(str(tmp_path / layout / "x.png"))
+    assert domain_dir(str(tmp_path), "train", "A") == str(tmp_path / layout)
+
+
+def test_missing_dataroot_names_the_folder(tmp_path):
+    with pytest.raises(UserError, match="nowhere.*no such folder"):
+        domain_dir(str(tmp_path / "nowhere"), "train", "A")
+
+
+def test_missing_domain_folder_names_it_and_the_expected_layout(tmp_path):
+    write_image(str(tmp_path / "trainA" / "x.png"))
+    with pytest.raises(UserError, match=r"no folder trainB .*DIR/trainA, DIR/trainB"):
+        domain_dir(str(tmp_path), "train", "B")
+
+
+def test_folder_without_images_is_an_error_naming_it(tmp_path):
+    (tmp_path / "trainA").mkdir()
+    (tmp_path / "trainA" / "notes.txt").write_text("hello")
+    with pytest.raises(UserError, match="trainA: no images"):
+        list_images(str(tmp_path / "trainA"))
+
+
+def test_every_common_extension_counts_in_any_case_and_other_files_do_not(tmp_path):
+    names = ["a.jpg", "b.JPEG", "c.png", "d.bmp", "e.webp", "f.tif", "g.TIFF"]
+    for name in names:
+        write_image(str(tmp_path / name))
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "sub.png").mkdir()
+    assert [os.path.basename(p) for p in list_images(str(tmp_path))] == names
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "1"])
+def test_images_of_any_mode_load_as_8_bit_rgb(tmp_path, mode):
+    path = write_image(str(tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")), size=(20, 10), mode=mode)
+    img = load_rgb(path)
+    assert img.mode == "RGB" and img.size == (20, 10)
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    pixels = np.asarray(load_rgb(str(tmp_path / "deep.png")))
+    assert pixels[..., 0].min() == 0 and pixels[..., 0].max() == 255
+    assert len(np.unique(pixels[..., 0])) == 64  # a ramp, not a white image
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (30, 10), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_rgb(str(tmp_path / "rotated.jpg")).size == (10, 30)
+
+
+def test_large_jpeg_decoded_at_reduced_scale_still_covers_the_load_size(tmp_path):
+    path = write_image(str(tmp_path / "big.jpg"), size=(1200, 900))
+    img = load_rgb(path, min_size=286)
+    assert 286 <= min(img.size) < 900
+
+
+def test_augment_crops_size_from_a_load_size_resize_and_is_fixed_by_its_seed(tmp_path):
+    img = load_rgb(write_image(str(tmp_path / "x.png"), size=(50, 20)))
+    a = augment(img, 36, 32, torch.Generator().manual_seed(1))
+    b = augment(img, 36, 32, torch.Generator().manual_seed(1))
+    assert a.size == (32, 32)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_training_samples_are_3x_size_x_size_in_minus_one_to_one(tmp_path):
+    a = [write_image(str(tmp_path / "A" / f"{i}.png"), size=(20, 20), seed=i) for i in range(2)]
+    b = [write_image(str(tmp_path / "B" / f"{i}.png"), size=(64, 48), seed=9 + i) for i in range(3)]
+    sample = UnalignedDataset(a, b, load_size=36, size=32)[(1, 2, 1234)]
+    for x in (sample["A"], sample["B"]):
+        assert x.shape == (3, 32, 32) and x.min() >= -1 and x.max() <= 1 and x.min() < 0 < x.max()
+
+
+def test_epoch_has_max_of_both_domains_samples_and_visits_every_a_image():
+    triples = list(EpochSampler(n_A=7, n_B=4, seed=0, epoch=0))
+    assert len(triples) == 7
+    assert sorted(t[0] for t in triples) == list(range(7))
+    assert all(0 <= t[1] < 4 for t in triples)
+
+
+def test_a_smaller_a_domain_is_cycled_to_fill_the_epoch():
+    triples = list(EpochSampler(n_A=3, n_B=10, seed=0, epoch=0))
+    assert len(triples) == 10
+    assert set(t[0] for t in triples) == {0, 1, 2}
+
+
+def test_epoch_order_is_fixed_by_seed_and_epoch_and_differs_between_epochs():
+    assert list(EpochSampler(50, 50, seed=1, epoch=3)) == list(EpochSampler(50, 50, seed=1, epoch=3))
+    assert list(EpochSampler(50, 50, seed=1, epoch=3)) != list(EpochSampler(50, 50, seed=1, epoch=4))
+    assert list(EpochSampler(50, 50, seed=1, epoch=3)) != list(EpochSampler(50, 50, seed=2, epoch=3))
+
+
+def test_start_skips_the_samples_already_trained_on():
+    full = list(EpochSampler(20, 30, seed=0, epoch=1))
+    resumed = EpochSampler(20, 30, seed=0, epoch=1, start=12)
+    assert len(resumed) == 18 and list(resumed) == full[12:]
