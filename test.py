@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from datasets import ImageFiles, domain_dir, list_images
 from models import Generator, translate
-from utils import ArgumentParser, UserError, fail, load_weights, pick_device
+from utils import ArgumentParser, UserError, default_workers, fail, load_weights, pick_device
 
 DIRECTIONS = {"A2B": ("A", "G_A2B"), "B2A": ("B", "G_B2A")}
 
@@ -35,7 +35,8 @@ def build_parser():
     p.add_argument("--ngf", type=int, default=64, help="generator filters in the first layer, as in training (default: 64)")
     p.add_argument("--n_blocks", type=int, default=9, help="residual blocks per generator, as in training (default: 9)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--workers", type=int, default=2, help="image-loading worker processes (default: 2)")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="image-loading worker processes; 0 loads in the main process (default: 4, or the CPU count if lower)")
     return p
 
 

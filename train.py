@@ -20,7 +20,7 @@ from tqdm import tqdm
 from datasets import EpochSampler, UnalignedDataset, domain_dir, list_images
 from models import Discriminator, Generator
 from utils import (LOSS_NAMES, ArgumentParser, Dashboard, ImagePool, LossLog, UserError, atomic_save,
-                   atomic_write_text, fail, linear_decay, load_weights, pick_device, save_visuals)
+                   atomic_write_text, default_workers, fail, linear_decay, load_weights, pick_device, save_visuals)
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
 
@@ -148,7 +148,8 @@ def build_parser():
     p.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first conv layer (default: 64)")
     p.add_argument("--n_blocks", type=int, default=9, help="residual blocks in each generator (default: 9)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--workers", type=int, default=4, help="data-loading worker processes; 0 loads in the main process (default: 4)")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="data-loading worker processes; 0 loads in the main process (default: 4, or the CPU count if lower)")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights, data order, crops and the buffers (default: 0)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its checkpoint.pth; options not given again are taken from it")

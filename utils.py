@@ -30,6 +30,12 @@ def fail(message):
     sys.exit(2)
 
 
+def default_workers():
+    """4 loader processes, or fewer on a machine with fewer usable cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(4, cores or 1)
+
+
 def pick_device(name):
     """'auto' means CUDA when available; an explicit CUDA device must exist."""
     if name == "auto":
@@ -224,9 +230,9 @@ class Dashboard:
         if self.viz is None:
             return
         for name, value in losses.items():
-            self._send(self.viz.line, X=[iteration], Y=[value], win=name,
+            self._send(self.viz.line, X=[iteration], Y=[value], win=name, name=name,
                        update="append" if name in self.windows else None,
-                       opts={"title": name, "xlabel": "iteration"})
+                       opts={"title": name, "xlabel": "iteration", "showlegend": True})
             self.windows.add(name)
 
     def show(self, visuals):

@@ -234,3 +234,42 @@ def test_results_inside_the_input_folder_are_refused(dataset, tmp_path):
     folder = os.path.join(dataset, "testA")
     result = run_script("test.py", "--input", folder, "--weights", weights, "--results", os.path.join(folder, "r"))
     assert_user_error(result, "inside the input folder")
+
+
+@pytest.fixture
+def visdom_port(tmp_path):
+    """A real visdom server on a free loopback port (its web assets are not needed here)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("import sys; from visdom.server.run_server import main; "
+            f"sys.argv = ['visdom', '-port', '{port}', '-env_path', sys.argv[1]]; main()")
+    server = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "visdom_env")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    yield port
+    server.terminate()
+    server.wait()
+
+
+def test_visdom_gets_a_plot_per_loss_and_the_six_image_panel(dataset, tmp_path, visdom_port):
+    import json
+    import visdom
+    args = [a for a in TINY if a != "--no_visdom"]
+    result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "myrun", *args,
+                        "--n_epochs", "1", "--log_every", "2", "--sample_every", "3", "--visdom_port", visdom_port)
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+    windows = json.loads(visdom.Visdom(port=visdom_port, use_incoming_socket=False).get_window_data(env="myrun"))
+    for name in ("loss_G", "loss_G_GAN", "loss_G_cycle", "loss_G_identity", "loss_D"):
+        traces = windows[name]["content"]["data"]
+        assert [t["name"] for t in traces] == [name] and traces[0]["x"] == [2, 4, 6]
+    assert windows["images"]["type"] == "image"
+    assert windows["images"]["title"] == "real_A | fake_B | rec_A | real_B | fake_A | rec_B"
+    assert windows["options"]["type"] == "text"
