@@ -239,32 +239,17 @@ def train(args, checkpoint):
         raise UserError(f"{args.output} already holds a run; add --resume to continue it, "
                         "or choose another --output")
     os.makedirs(os.path.join(args.output, "samples"), exist_ok=True)
-
     model = CycleGAN(device=device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks, lr=args.lr,
                      lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
                      pool_size=args.pool_size, seed=args.seed)
-    epoch, batch, iteration, seconds = 0, 0, 0, 0.0
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        epoch, batch = checkpoint["epoch"], checkpoint["batch"]
-        iteration, seconds = checkpoint["iteration"], checkpoint["seconds"]
-        print(f"resuming {args.output} at epoch {epoch + 1}, iteration {iteration}")
+    epoch, batch, iteration, seconds = restore(model, checkpoint) if checkpoint else (0, 0, 0, 0.0)
     atomic_write_text(json.dumps(vars(args), indent=2) + "\n", os.path.join(args.output, "options.json"))
-    log = LossLog(os.path.join(args.output, "losses.csv"))
-    log.truncate_after(iteration)
-    dashboard = None if args.no_visdom else Dashboard(
-        args.visdom_server, args.visdom_port, env=os.path.basename(os.path.normpath(args.output)),
-        options=vars(args))
+    record = TrainingRecord(args, iteration, seconds)
 
     dataset = UnalignedDataset(paths_A, paths_B, args.load_size, args.size)
     batches_per_epoch = math.ceil(len(dataset) / args.batch_size)
     print(f"{len(paths_A)} A and {len(paths_B)} B images, {batches_per_epoch} iterations per epoch, "
           f"device {device}, output {args.output}")
-    start = time.perf_counter() - seconds
-    sums, count = dict.fromkeys(LOSS_NAMES, 0.0), 0
     for epoch in range(epoch, args.n_epochs):
         lr = args.lr * linear_decay(epoch, args.n_epochs, args.decay_epoch)
         model.set_lr(lr)
@@ -275,27 +260,67 @@ def train(args, checkpoint):
                    total=batches_per_epoch, dynamic_ncols=True)
         for data in bar:
             losses = model.step(data["A"], data["B"])
-            iteration, batch, count = iteration + 1, batch + 1, count + 1
-            for name, value in losses.items():
-                sums[name] += value
-            bar.set_postfix({k.removeprefix("loss_"): f"{v / count:.3f}" for k, v in sums.items()}, refresh=False)
+            iteration, batch = iteration + 1, batch + 1
+            bar.set_postfix(record.add(losses), refresh=False)
             if iteration % args.log_every == 0:
-                means = {k: v / count for k, v in sums.items()}
-                log.append({"iteration": iteration, "epoch": epoch + 1, **means, "lr": lr,
-                            "seconds": round(time.perf_counter() - start, 3)})
-                if dashboard:
-                    dashboard.plot(iteration, means)
-                sums, count = dict.fromkeys(LOSS_NAMES, 0.0), 0
+                record.flush(iteration, epoch + 1, lr)
             if iteration % args.sample_every == 0:
-                save_visuals(model.visuals, os.path.join(args.output, "samples", f"iter_{iteration:07d}.png"))
-                if dashboard:
-                    dashboard.show(model.visuals)
+                record.sample(iteration, model.visuals)
             if iteration % args.save_every == 0:
-                save_run(model, args, epoch, batch, iteration, time.perf_counter() - start)
+                save_run(model, args, epoch, batch, iteration, record.seconds())
         bar.close()
         batch = 0
-        save_run(model, args, epoch + 1, 0, iteration, time.perf_counter() - start)
+        save_run(model, args, epoch + 1, 0, iteration, record.seconds())
     print(f"done: {args.n_epochs} epochs, {iteration} iterations; weights in {args.output}")
+
+
+def restore(model, checkpoint):
+    """Load a checkpoint into the model; returns where the run stopped."""
+    model.load_state_dict(checkpoint["model"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+    print(f"resuming at epoch {checkpoint['epoch'] + 1}, iteration {checkpoint['iteration']}")
+    return checkpoint["epoch"], checkpoint["batch"], checkpoint["iteration"], checkpoint["seconds"]
+
+
+class TrainingRecord:
+    """What a run shows and keeps besides its weights: the mean of each loss over every
+    --log_every iterations (losses.csv and visdom), sample grids, and the training clock,
+    which counts on from the checkpoint on resume."""
+
+    def __init__(self, args, iteration, seconds):
+        self.samples = os.path.join(args.output, "samples")
+        self.log = LossLog(os.path.join(args.output, "losses.csv"))
+        self.log.truncate_after(iteration)
+        self.dashboard = None if args.no_visdom else Dashboard(
+            args.visdom_server, args.visdom_port, env=os.path.basename(os.path.normpath(args.output)),
+            options=vars(args))
+        self.start = time.perf_counter() - seconds
+        self.sums, self.count = dict.fromkeys(LOSS_NAMES, 0.0), 0
+
+    def seconds(self):
+        return time.perf_counter() - self.start
+
+    def add(self, losses):
+        """Add one step's losses; returns the running means for the progress bar."""
+        self.count += 1
+        for name, value in losses.items():
+            self.sums[name] += value
+        return {k.removeprefix("loss_"): f"{v / self.count:.3f}" for k, v in self.sums.items()}
+
+    def flush(self, iteration, epoch, lr):
+        means = {k: v / self.count for k, v in self.sums.items()}
+        self.log.append({"iteration": iteration, "epoch": epoch, **means, "lr": lr,
+                         "seconds": round(self.seconds(), 3)})
+        if self.dashboard:
+            self.dashboard.plot(iteration, means)
+        self.sums, self.count = dict.fromkeys(LOSS_NAMES, 0.0), 0
+
+    def sample(self, iteration, visuals):
+        save_visuals(visuals, os.path.join(self.samples, f"iter_{iteration:07d}.png"))
+        if self.dashboard:
+            self.dashboard.show(visuals)
 
 
 def main(argv=None):

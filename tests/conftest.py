@@ -43,7 +43,7 @@ def dataset(tmp_path):
     return make_dataset(tmp_path / "data")
 
 
-def run_script(script, *args, cwd=None, timeout=300, in_process=True):
+def run_script(script, *args, timeout=300, in_process=True):
     """Run train.py or test.py with a command line; returns a CompletedProcess.
 
     In-process by default, which saves the interpreter start-up (seconds of torch and
@@ -52,9 +52,9 @@ def run_script(script, *args, cwd=None, timeout=300, in_process=True):
     argv = [str(a) for a in args]
     if not in_process:
         return subprocess.run([sys.executable, os.path.join(ROOT, script), *argv],
-                              cwd=cwd, capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout)
     out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd or os.getcwd()):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             load_script(script).main(argv)
         except SystemExit as e:
