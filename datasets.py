@@ -5,6 +5,8 @@ A dataset root holds `trainA/ trainB/ testA/ testB/` (the authors' layout) or
 `train/A train/B test/A test/B`.
 """
 import os
+import signal
+import sys
 
 import numpy as np
 import torch
@@ -29,12 +31,57 @@ def domain_dir(dataroot, split, domain):
 
 
 def list_images(folder):
-    """Image files directly in `folder`, sorted by name; an error when there are none."""
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMG_EXTENSIONS))
-    paths = [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+    """Usable image files directly in `folder`, sorted by name, and the skipped entries as
+    (path, reason) pairs; an error when no image is usable."""
+    paths, skipped = [], []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        reason = check_image(path)
+        if reason is None:
+            paths.append(path)
+        else:
+            skipped.append((path, reason))
     if not paths:
-        raise UserError(f"{folder}: no images ({', '.join(IMG_EXTENSIONS)}); expected {LAYOUT}")
-    return paths
+        found = f" ({len(skipped)} other entries skipped)" if skipped else ""
+        raise UserError(f"{folder}: no usable images{found}; expected {', '.join(IMG_EXTENSIONS)} "
+                        f"files in {LAYOUT}")
+    return paths, skipped
+
+
+def check_image(path):
+    """Why `path` cannot be trained on, or None. Reads only the header and the last bytes,
+    so that a folder of thousands of photos is checked in seconds; only a JPEG or PNG whose
+    end marker is missing (truncated, or followed by other data) is decoded to make sure."""
+    if os.path.isdir(path):
+        return "a folder"
+    if not path.lower().endswith(IMG_EXTENSIONS):
+        return "not an image file"
+    if os.path.getsize(path) == 0:
+        return "empty file"
+    try:
+        with Image.open(path) as img:
+            end_marker = END_MARKERS.get(img.format)
+            if end_marker and not _ends_with(path, end_marker):
+                img.draft("RGB", (64, 64))
+                img.load()
+    except Image.DecompressionBombError as e:
+        return f"too large to decode safely ({e})"
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"not a readable image ({_reason(e)})"
+    return None
+
+
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+
+
+def _ends_with(path, marker, slack=16):
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - len(marker) - slack))
+        return marker in f.read()
+
+
+def _reason(error):
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def load_rgb(path, min_size=None):
@@ -76,6 +123,20 @@ def augment(img, load_size, size, generator):
     return img
 
 
+def load_readable(paths, index, min_size, warned):
+    """paths[index] as RGB; if it has become unreadable since the start-up check, warn once
+    and take the next readable file instead, so that one bad file never ends an epoch."""
+    for k in range(len(paths)):
+        path = paths[(index + k) % len(paths)]
+        try:
+            return load_rgb(path, min_size)
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+            if path not in warned:
+                warned.add(path)
+                print(f"warning: skipping {path}: {_reason(e)}", file=sys.stderr)
+    raise RuntimeError(f"no readable image left among {len(paths)} files in {os.path.dirname(paths[0])}")
+
+
 class UnalignedDataset(torch.utils.data.Dataset):
     """Training pairs (A image, B image) with no correspondence between them.
 
@@ -87,6 +148,7 @@ class UnalignedDataset(torch.utils.data.Dataset):
     def __init__(self, paths_A, paths_B, load_size, size):
         self.paths_A, self.paths_B = paths_A, paths_B
         self.load_size, self.size = load_size, size
+        self.warned = set()
 
     def __len__(self):
         return max(len(self.paths_A), len(self.paths_B))
@@ -94,11 +156,11 @@ class UnalignedDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         index_A, index_B, seed = key
         generator = torch.Generator().manual_seed(seed)
-        return {"A": self._sample(self.paths_A[index_A], generator),
-                "B": self._sample(self.paths_B[index_B], generator)}
+        return {"A": self._sample(self.paths_A, index_A, generator),
+                "B": self._sample(self.paths_B, index_B, generator)}
 
-    def _sample(self, path, generator):
-        img = load_rgb(path, min_size=self.load_size)
+    def _sample(self, paths, index, generator):
+        img = load_readable(paths, index, self.load_size, self.warned)
         return to_tensor(augment(img, self.load_size, self.size, generator))
 
 
@@ -128,7 +190,8 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Images at native size for translation: (tensor in [-1, 1], index)."""
+    """Images at native size for translation: (tensor in [-1, 1], index), or (None, index)
+    with a warning for a file that cannot be read."""
 
     def __init__(self, paths):
         self.paths = paths
@@ -137,4 +200,15 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return to_tensor(load_rgb(self.paths[i])), i
+        try:
+            return to_tensor(load_rgb(self.paths[i])), i
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+            print(f"warning: skipping {self.paths[i]}: {_reason(e)}", file=sys.stderr)
+            return None, i
+
+
+def ignore_stop_signals(worker_id):
+    """DataLoader worker_init_fn: Ctrl-C and SIGTERM reach every process of the job, but only
+    the main process should act on them (save a checkpoint, then stop the workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

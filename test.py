@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from datasets import ImageFiles, domain_dir, list_images
 from models import Generator, translate
-from utils import ArgumentParser, UserError, default_workers, fail, load_weights, pick_device
+from utils import ArgumentParser, UserError, default_workers, fail, load_weights, pick_device, report_skipped
 
 DIRECTIONS = {"A2B": ("A", "G_A2B"), "B2A": ("B", "G_B2A")}
 
@@ -127,11 +127,15 @@ def run_direction(G, paths, results, direction, device, workers):
     os.makedirs(os.path.join(results, direction), exist_ok=True)
     os.makedirs(os.path.join(results, f"real_{domain}"), exist_ok=True)
     loader = torch.utils.data.DataLoader(ImageFiles(paths), batch_size=None, num_workers=workers)
+    done = []
     for image, i in tqdm(loader, desc=direction, total=len(paths)):
+        if image is None:
+            continue
         fake = translate(G, image.unsqueeze(0).to(device))
         save_image(image * 0.5 + 0.5, os.path.join(results, f"real_{domain}", f"{names[i]}.png"))
         save_image(fake[0] * 0.5 + 0.5, os.path.join(results, direction, f"{names[i]}.png"))
-    return names
+        done.append(names[i])
+    return done
 
 
 def write_index(results, done):
@@ -157,12 +161,13 @@ def main(argv=None):
     try:
         inputs = resolve(args)
         device = pick_device(args.device)
-        paths = {d: list_images(folder) for d, folder in inputs.items()}
+        scans = {d: list_images(folder) for d, folder in inputs.items()}
         states = generator_states(args.weights, list(inputs))
         generators = {d: build_generator(*states[d], args.ngf, args.n_blocks, device) for d in inputs}
     except UserError as e:
         fail(f"test.py: error: {e}")
-    done = {d: run_direction(generators[d], paths[d], args.results, d, device, args.workers) for d in inputs}
+    report_skipped([entry for _, skipped in scans.values() for entry in skipped])
+    done = {d: run_direction(generators[d], scans[d][0], args.results, d, device, args.workers) for d in inputs}
     write_index(args.results, done)
     print(f"results in {args.results} ({os.path.join(args.results, 'index.html')})")
 

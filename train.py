@@ -17,12 +17,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from datasets import EpochSampler, UnalignedDataset, domain_dir, list_images
+from datasets import EpochSampler, UnalignedDataset, domain_dir, ignore_stop_signals, list_images
 from models import Discriminator, Generator
-from utils import (LOSS_NAMES, ArgumentParser, Dashboard, ImagePool, LossLog, UserError, atomic_save,
-                   atomic_write_text, default_workers, fail, linear_decay, load_weights, pick_device, save_visuals)
+from utils import (LOSS_NAMES, ArgumentParser, Dashboard, ImagePool, LossLog, RunFailure, StopSignals, UserError,
+                   atomic_save, atomic_write_text, default_workers, fail, linear_decay, load_weights, pick_device,
+                   report_skipped, save_visuals)
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
+CHECKPOINT_KEYS = {"model", "epoch", "batch", "iteration", "seconds", "options", "rng"}
 
 
 class CycleGAN:
@@ -193,9 +195,12 @@ def read_checkpoint(path):
     if not os.path.isfile(path):
         raise UserError(f"--resume: no checkpoint at {path}; start without --resume or point --output at the run")
     try:
-        return load_weights(path)
-    except Exception as e:
-        raise UserError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__})")
+        checkpoint = load_weights(path)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        raise UserError(f"--resume: {path} is not a checkpoint torch can read safely ({type(e).__name__})")
+    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
+        raise UserError(f"--resume: {path} is not a checkpoint written by train.py")
+    return checkpoint
 
 
 def check_args(args):
@@ -221,7 +226,12 @@ def check_args(args):
 
 def save_run(model, args, epoch, batch, iteration, seconds):
     """Bare generator and discriminator weights, then the full checkpoint, each written
-    atomically so that a kill at any moment leaves the previous complete files."""
+    atomically so that a kill at any moment leaves the previous complete files. Weights
+    that are no longer finite are never written over good ones."""
+    for name, net in model.networks().items():
+        if not all(torch.isfinite(p).all() for p in net.parameters()):
+            raise RunFailure(f"{name} has non-finite weights at iteration {iteration}; nothing saved, "
+                             f"{args.output}/checkpoint.pth keeps the last good state; try a lower --lr")
     for name, net in model.networks().items():
         atomic_save(net.state_dict(), os.path.join(args.output, f"net{name}.pth"))
     checkpoint = {"model": model.state_dict(), "epoch": epoch, "batch": batch, "iteration": iteration,
@@ -233,50 +243,86 @@ def save_run(model, args, epoch, batch, iteration, seconds):
 
 def train(args, checkpoint):
     device = pick_device(args.device)
-    paths_A = list_images(domain_dir(args.dataroot, "train", "A"))
-    paths_B = list_images(domain_dir(args.dataroot, "train", "B"))
+    (paths_A, skipped_A), (paths_B, skipped_B) = (list_images(domain_dir(args.dataroot, "train", d)) for d in "AB")
+    report_skipped(skipped_A + skipped_B)
     if checkpoint is None and os.path.exists(os.path.join(args.output, "checkpoint.pth")):
         raise UserError(f"{args.output} already holds a run; add --resume to continue it, "
                         "or choose another --output")
-    os.makedirs(os.path.join(args.output, "samples"), exist_ok=True)
+    prepare_output(args)
     model = CycleGAN(device=device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks, lr=args.lr,
                      lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
                      pool_size=args.pool_size, seed=args.seed)
     epoch, batch, iteration, seconds = restore(model, checkpoint) if checkpoint else (0, 0, 0, 0.0)
-    atomic_write_text(json.dumps(vars(args), indent=2) + "\n", os.path.join(args.output, "options.json"))
     record = TrainingRecord(args, iteration, seconds)
 
     dataset = UnalignedDataset(paths_A, paths_B, args.load_size, args.size)
     batches_per_epoch = math.ceil(len(dataset) / args.batch_size)
     print(f"{len(paths_A)} A and {len(paths_B)} B images, {batches_per_epoch} iterations per epoch, "
           f"device {device}, output {args.output}")
-    for epoch in range(epoch, args.n_epochs):
-        lr = args.lr * linear_decay(epoch, args.n_epochs, args.decay_epoch)
-        model.set_lr(lr)
-        sampler = EpochSampler(len(paths_A), len(paths_B), args.seed, epoch, start=batch * args.batch_size)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                                             num_workers=args.workers, pin_memory=device.type == "cuda")
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.n_epochs}", initial=batch,
-                   total=batches_per_epoch, dynamic_ncols=True)
-        for data in bar:
-            losses = model.step(data["A"], data["B"])
-            iteration, batch = iteration + 1, batch + 1
-            bar.set_postfix(record.add(losses), refresh=False)
-            if iteration % args.log_every == 0:
-                record.flush(iteration, epoch + 1, lr)
-            if iteration % args.sample_every == 0:
-                record.sample(iteration, model.visuals)
-            if iteration % args.save_every == 0:
-                save_run(model, args, epoch, batch, iteration, record.seconds())
-        bar.close()
-        batch = 0
-        save_run(model, args, epoch + 1, 0, iteration, record.seconds())
+    with StopSignals() as stop:
+        for epoch in range(epoch, args.n_epochs):
+            sampler = EpochSampler(len(paths_A), len(paths_B), args.seed, epoch, start=batch * args.batch_size)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+                                                 num_workers=args.workers, pin_memory=device.type == "cuda",
+                                                 worker_init_fn=ignore_stop_signals)
+            with tqdm(loader, desc=f"epoch {epoch + 1}/{args.n_epochs}", initial=batch,
+                      total=batches_per_epoch, dynamic_ncols=True) as bar:
+                iteration = train_epoch(model, bar, args, epoch, batch, iteration, record, stop)
+            batch = 0
+            save_run(model, args, epoch + 1, 0, iteration, record.seconds())
     print(f"done: {args.n_epochs} epochs, {iteration} iterations; weights in {args.output}")
+
+
+def train_epoch(model, bar, args, epoch, batch, iteration, record, stop):
+    """Train on the batches of `bar` (the rest of one epoch, which has done `batch` batches);
+    returns the iteration count at its end. On SIGINT/SIGTERM, saves and raises Interrupted."""
+    lr = args.lr * linear_decay(epoch, args.n_epochs, args.decay_epoch)
+    model.set_lr(lr)
+    for data in bar:
+        losses = model.step(data["A"], data["B"])
+        iteration, batch = iteration + 1, batch + 1
+        check_finite(losses, iteration, epoch, args.output)
+        bar.set_postfix(record.add(losses), refresh=False)
+        if iteration % args.log_every == 0:
+            record.flush(iteration, epoch + 1, lr)
+        if iteration % args.sample_every == 0:
+            record.sample(iteration, model.visuals)
+        if iteration % args.save_every == 0 or stop.received:
+            save_run(model, args, epoch, batch, iteration, record.seconds())
+        if stop.received:
+            raise Interrupted(f"{stop.received.name}: saved iteration {iteration} in {args.output}; "
+                              "continue with --resume", 128 + stop.received)
+    return iteration
+
+
+class Interrupted(Exception):
+    """Stopped by a signal after saving a checkpoint; args: message, exit status."""
+
+
+def prepare_output(args):
+    """Create the output folders and write options.json: an unwritable --output fails here,
+    before any model is built."""
+    try:
+        os.makedirs(os.path.join(args.output, "samples"), exist_ok=True)
+        atomic_write_text(json.dumps(vars(args), indent=2) + "\n", os.path.join(args.output, "options.json"))
+    except OSError as e:
+        raise UserError(f"--output {args.output}: cannot write there ({e.strerror or e})")
+
+
+def check_finite(losses, iteration, epoch, output):
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    if bad:
+        name, value = next(iter(bad.items()))
+        raise RunFailure(f"{name} is {value} at iteration {iteration} (epoch {epoch + 1}); stopped without "
+                         f"saving, so {output}/checkpoint.pth keeps the last good state; try a lower --lr")
 
 
 def restore(model, checkpoint):
     """Load a checkpoint into the model; returns where the run stopped."""
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise UserError(f"--resume: the checkpoint's weights do not fit its options ({_first_line(e)})")
     torch.set_rng_state(checkpoint["rng"]["torch"])
     if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
@@ -323,12 +369,23 @@ class TrainingRecord:
             self.dashboard.show(visuals)
 
 
+def _first_line(error):
+    return str(error).strip().splitlines()[-1].strip() if str(error).strip() else type(error).__name__
+
+
 def main(argv=None):
     try:
         args, checkpoint = parse_args(argv)
         train(args, checkpoint)
     except UserError as e:
         fail(f"train.py: error: {e}")
+    except RunFailure as e:
+        fail(f"train.py: error: {e}", status=1)
+    except Interrupted as e:
+        fail(*e.args)
+    except OSError as e:  # a full disk or a vanished folder while writing; files are written atomically
+        fail(f"train.py: error: {e.strerror or e}: {e.filename or ''}; the last complete checkpoint "
+             "is intact, continue with --resume once this is fixed", status=1)
 
 
 if __name__ == "__main__":

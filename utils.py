@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+import signal
 import sys
 import warnings
 
@@ -18,6 +19,10 @@ class UserError(Exception):
     """A mistake the user can fix: reported as one line, exit status 2."""
 
 
+class RunFailure(Exception):
+    """Training cannot go on (non-finite loss, full disk): one line, exit status 1."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one line and exit status 2."""
 
@@ -25,9 +30,41 @@ class ArgumentParser(argparse.ArgumentParser):
         fail(f"{self.prog}: error: {message}")
 
 
-def fail(message):
+def fail(message, status=2):
     print(message, file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
+
+
+def report_skipped(skipped, limit=20):
+    """One stderr line per file that will not be used, once, at start-up."""
+    for path, reason in skipped[:limit]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if len(skipped) > limit:
+        print(f"skipped {len(skipped) - limit} more files", file=sys.stderr)
+
+
+class StopSignals:
+    """While active, SIGINT (Ctrl-C) and SIGTERM (what cluster schedulers send before a job's
+    time runs out) only set `received`, so the training loop can save a checkpoint at the
+    next step boundary and exit; a second signal acts as usual."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.received = None
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum)
+        self._restore()
+
+    def _restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def __exit__(self, *exc):
+        self._restore()
 
 
 def default_workers():

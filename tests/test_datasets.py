@@ -31,7 +31,7 @@ def test_missing_domain_folder_names_it_and_the_expected_layout(tmp_path):
 def test_folder_without_images_is_an_error_naming_it(tmp_path):
     (tmp_path / "trainA").mkdir()
     (tmp_path / "trainA" / "notes.txt").write_text("hello")
-    with pytest.raises(UserError, match="trainA: no images"):
+    with pytest.raises(UserError, match="trainA: no usable images"):
         list_images(str(tmp_path / "trainA"))
 
 
@@ -42,7 +42,10 @@ def test_every_common_extension_counts_in_any_case_and_other_files_do_not(tmp_pa
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / ".DS_Store").write_bytes(b"\0")
     (tmp_path / "sub.png").mkdir()
-    assert [os.path.basename(p) for p in list_images(str(tmp_path))] == names
+    paths, skipped = list_images(str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == names
+    assert sorted((os.path.basename(p), reason) for p, reason in skipped) == [
+        (".DS_Store", "not an image file"), ("notes.txt", "not an image file"), ("sub.png", "a folder")]
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "1"])
