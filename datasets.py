@@ -14,7 +14,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
 from torchvision.transforms import InterpolationMode
 
-from utils import UserError
+from utils import UserError, describe
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 LAYOUT = "DIR/trainA, DIR/trainB, DIR/testA, DIR/testB (or DIR/train/A, DIR/train/B, ...)"
@@ -67,7 +67,7 @@ def check_image(path):
     except Image.DecompressionBombError as e:
         return f"too large to decode safely ({e})"
     except (OSError, SyntaxError, ValueError) as e:
-        return f"not a readable image ({_reason(e)})"
+        return f"not a readable image ({describe(e)})"
     return None
 
 
@@ -78,10 +78,6 @@ def _ends_with(path, marker, slack=16):
     with open(path, "rb") as f:
         f.seek(max(0, os.path.getsize(path) - len(marker) - slack))
         return marker in f.read()
-
-
-def _reason(error):
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def load_rgb(path, min_size=None):
@@ -133,7 +129,7 @@ def load_readable(paths, index, min_size, warned):
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
             if path not in warned:
                 warned.add(path)
-                print(f"warning: skipping {path}: {_reason(e)}", file=sys.stderr)
+                print(f"warning: skipping {path}: {describe(e)}", file=sys.stderr)
     raise RuntimeError(f"no readable image left among {len(paths)} files in {os.path.dirname(paths[0])}")
 
 
@@ -203,7 +199,7 @@ class ImageFiles(torch.utils.data.Dataset):
         try:
             return to_tensor(load_rgb(self.paths[i])), i
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-            print(f"warning: skipping {self.paths[i]}: {_reason(e)}", file=sys.stderr)
+            print(f"warning: skipping {self.paths[i]}: {describe(e)}", file=sys.stderr)
             return None, i
 
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from datasets import ImageFiles, domain_dir, list_images
 from models import Generator, translate
-from utils import ArgumentParser, UserError, default_workers, fail, load_weights, pick_device, report_skipped
+from utils import ArgumentParser, UserError, default_workers, describe, fail, load_weights, pick_device, report_skipped
 
 DIRECTIONS = {"A2B": ("A", "G_A2B"), "B2A": ("B", "G_B2A")}
 
@@ -100,7 +100,7 @@ def build_generator(path, state, ngf, n_blocks, device):
         G.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise UserError(f"{path}: does not fit --ngf {ngf} --n_blocks {n_blocks}{_fitting_flags(state)} "
-                        f"({str(e).splitlines()[-1].strip()})")
+                        f"({describe(e)})")
     return G.to(device).eval()
 
 

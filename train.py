@@ -20,7 +20,7 @@ from tqdm import tqdm
 from datasets import EpochSampler, UnalignedDataset, domain_dir, ignore_stop_signals, list_images
 from models import Discriminator, Generator
 from utils import (LOSS_NAMES, ArgumentParser, Dashboard, ImagePool, LossLog, RunFailure, StopSignals, UserError,
-                   atomic_save, atomic_write_text, default_workers, fail, linear_decay, load_weights, pick_device,
+                   atomic_save, atomic_write_text, default_workers, describe, fail, linear_decay, load_weights, pick_device,
                    report_skipped, save_visuals)
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
@@ -322,7 +322,7 @@ def restore(model, checkpoint):
     try:
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, KeyError, ValueError) as e:
-        raise UserError(f"--resume: the checkpoint's weights do not fit its options ({_first_line(e)})")
+        raise UserError(f"--resume: the checkpoint's weights do not fit its options ({describe(e)})")
     torch.set_rng_state(checkpoint["rng"]["torch"])
     if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
@@ -367,10 +367,6 @@ class TrainingRecord:
         save_visuals(visuals, os.path.join(self.samples, f"iter_{iteration:07d}.png"))
         if self.dashboard:
             self.dashboard.show(visuals)
-
-
-def _first_line(error):
-    return str(error).strip().splitlines()[-1].strip() if str(error).strip() else type(error).__name__
 
 
 def main(argv=None):

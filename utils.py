@@ -35,6 +35,15 @@ def fail(message, status=2):
     sys.exit(status)
 
 
+def describe(error, limit=200):
+    """An exception as one short line (torch's state_dict errors start with a header line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        lines = lines[1:]
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def report_skipped(skipped, limit=20):
     """One stderr line per file that will not be used, once, at start-up."""
     for path, reason in skipped[:limit]:
