@@ -60,6 +60,10 @@ def resolve(args):
     for folder in inputs.values():
         if _inside(args.results, folder):
             raise UserError(f"--results {args.results}: is inside the input folder {folder}; choose another")
+    try:
+        os.makedirs(args.results, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--results {args.results}: cannot write there ({e.strerror or e})")
     return inputs
 
 
@@ -167,7 +171,12 @@ def main(argv=None):
     except UserError as e:
         fail(f"test.py: error: {e}")
     report_skipped([entry for _, skipped in scans.values() for entry in skipped])
-    done = {d: run_direction(generators[d], scans[d][0], args.results, d, device, args.workers) for d in inputs}
+    try:
+        done = {d: run_direction(generators[d], scans[d][0], args.results, d, device, args.workers) for d in inputs}
+    except KeyboardInterrupt:
+        fail(f"interrupted; the images translated so far are in {args.results}", 130)
+    except OSError as e:  # a full disk while writing results
+        fail(f"test.py: error: {e.strerror or e}: {e.filename or ''}", 1)
     write_index(args.results, done)
     print(f"results in {args.results} ({os.path.join(args.results, 'index.html')})")
 

@@ -379,6 +379,8 @@ def main(argv=None):
         fail(f"train.py: error: {e}", status=1)
     except Interrupted as e:
         fail(*e.args)
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C
+        fail("interrupted; files on disk are complete, continue with --resume if a checkpoint was saved", 130)
     except OSError as e:  # a full disk or a vanished folder while writing; files are written atomically
         fail(f"train.py: error: {e.strerror or e}: {e.filename or ''}; the last complete checkpoint "
              "is intact, continue with --resume once this is fixed", status=1)

@@ -317,3 +317,14 @@ def test_test_py_names_the_blocks_that_would_fit(tmp_path):
     result = run_script("test.py", "--input", tmp_path / "photos", "--weights", tmp_path / "g6.pth",
                         "--ngf", "8", "--n_blocks", "9")
     assert_user_error(result, "g6.pth", "--ngf 8 --n_blocks 6")
+
+
+def test_test_py_reports_an_unwritable_results_folder(tmp_path):
+    from models import Generator
+    torch.save(Generator(ngf=4, n_blocks=1).state_dict(), tmp_path / "g.pth")
+    os.makedirs(tmp_path / "photos")
+    write_image(str(tmp_path / "photos" / "x.png"))
+    (tmp_path / "a_file").write_text("x")
+    result = run_script("test.py", "--input", tmp_path / "photos", "--weights", tmp_path / "g.pth",
+                        "--ngf", "4", "--n_blocks", "1", "--results", tmp_path / "a_file" / "res")
+    assert_user_error(result, "--results", "cannot write there")
