@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,3 +81,29 @@ def assert_user_error(result, *words):
     assert "Traceback" not in result.stderr
     for word in words:
         assert word in lines[0], lines[0]
+
+
+@contextlib.contextmanager
+def one_cpu_thread():
+    """Run torch single-threaded here and in the processes started meanwhile. Multi-threaded
+    CPU kernels (MKL's among them) now and then differ in the last bit from one run to the
+    next, even without any interruption; tests of bit-identical results rule that out."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved_env, saved_threads = {k: os.environ.get(k) for k in names}, torch.get_num_threads()
+    os.environ.update(dict.fromkeys(names, "1"))
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved_threads)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def single_thread():
+    with one_cpu_thread():
+        yield

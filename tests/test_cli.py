@@ -70,7 +70,7 @@ def test_results_default_to_the_weights_folder(dataset, tmp_path):
     assert sorted(os.listdir(os.path.join(out, "results"))) == ["B2A", "index.html", "real_B"]
 
 
-def test_run_killed_mid_training_then_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+def test_run_killed_mid_training_then_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path, single_thread):
     data = make_dataset(tmp_path / "data", {"trainA": 12, "trainB": 9})
     options = ["--n_epochs", "3", "--decay_epoch", "1", "--save_every", "2", "--pool_size", "3", "--log_every", "1"]
     straight = str(tmp_path / "straight")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, TINY, assert_user_error, make_dataset, run_script, write_image
+from conftest import ROOT, TINY, assert_user_error, make_dataset, one_cpu_thread, run_script, write_image
 from datasets import UnalignedDataset, check_image, list_images
 
 WEIGHTS = ("netG_A2B.pth", "netG_B2A.pth", "netD_A.pth", "netD_B.pth")
@@ -139,7 +139,8 @@ def uninterrupted(tmp_path_factory):
     """A dataset and the output of a run of it that nothing interrupted."""
     root = tmp_path_factory.mktemp("uninterrupted")
     data = make_dataset(root / "data", {"trainA": 10, "trainB": 8})
-    result = run_script("train.py", "--dataroot", data, "--output", root / "run", *TINY, *RUN)
+    with one_cpu_thread():
+        result = run_script("train.py", "--dataroot", data, "--output", root / "run", *TINY, *RUN)
     assert result.returncode == 0, result.stderr
     return data, str(root / "run")
 
@@ -166,7 +167,8 @@ def assert_resumes_to(data, output, reference):
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
 
 
-def test_sigkill_while_the_checkpoint_is_being_written_loses_at_most_one_save_interval(uninterrupted, tmp_path):
+def test_sigkill_while_the_checkpoint_is_being_written_loses_at_most_one_save_interval(uninterrupted, tmp_path,
+                                                                                         single_thread):
     data, reference = uninterrupted
     output = tmp_path / "run"
     # Big enough networks that writing checkpoint.pth takes a while, so the kill lands inside
@@ -187,7 +189,8 @@ def test_sigkill_while_the_checkpoint_is_being_written_loses_at_most_one_save_in
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_sigint_and_sigterm_save_the_current_iteration_then_exit_cleanly(uninterrupted, tmp_path, signum):
+def test_sigint_and_sigterm_save_the_current_iteration_then_exit_cleanly(uninterrupted, tmp_path, signum,
+                                                                         single_thread):
     data, reference = uninterrupted
     output = tmp_path / "run"
     proc = start_training(data, output, "--save_every", "1000")
