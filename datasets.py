@@ -56,9 +56,9 @@ def check_image(path):
         return "a folder"
     if not path.lower().endswith(IMG_EXTENSIONS):
         return "not an image file"
-    if os.path.getsize(path) == 0:
-        return "empty file"
     try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
         with Image.open(path) as img:
             end_marker = END_MARKERS.get(img.format)
             if end_marker and not _ends_with(path, end_marker):

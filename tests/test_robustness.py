@@ -51,6 +51,7 @@ def make_messy_folder(folder):
         "truncated.jpg": lambda p: open(p, "wb").write(jpeg_bytes()[:-300]),
         "truncated.png": lambda p: open(p, "wb").write(_png_bytes()[:-40]),
         "random.jpg": lambda p: open(p, "wb").write(np.random.default_rng(0).bytes(5000)),
+        "dangling_link.jpg": lambda p: os.symlink(p + ".gone", p),
     }
     for name, make in {**usable, **skipped}.items():
         make(os.path.join(folder, name))
