@@ -42,10 +42,15 @@ def list_images(folder):
         else:
             skipped.append((path, reason))
     if not paths:
-        found = f" ({len(skipped)} other entries skipped)" if skipped else ""
-        raise UserError(f"{folder}: no usable images{found}; expected {', '.join(IMG_EXTENSIONS)} "
-                        f"files in {LAYOUT}")
+        raise UserError(f"{folder}: no usable images ({', '.join(IMG_EXTENSIONS)}){_why_skipped(skipped)}")
     return paths, skipped
+
+
+def _why_skipped(skipped, shown=3):
+    if not skipped:
+        return ""
+    reasons = "; ".join(f"{os.path.basename(path)}: {reason}" for path, reason in skipped[:shown])
+    return f"; skipped {len(skipped)}: {reasons}" + ("; ..." if len(skipped) > shown else "")
 
 
 def check_image(path):

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from datasets import ImageFiles, domain_dir, list_images
 from models import Generator, translate
-from utils import ArgumentParser, UserError, default_workers, describe, fail, load_weights, pick_device, report_skipped
+from utils import ArgumentParser, UserError, default_workers, fail, load_weights, pick_device, report_skipped
 
 DIRECTIONS = {"A2B": ("A", "G_A2B"), "B2A": ("B", "G_B2A")}
 
@@ -29,11 +29,13 @@ def build_parser():
     source.add_argument("--input", help="a folder of your own images to translate in --direction")
     p.add_argument("--direction", choices=("A2B", "B2A", "both"),
                    help="which generator(s) to run (default: both with --dataroot, A2B with --input)")
-    p.add_argument("--weights", help="folder with netG_A2B.pth and netG_B2A.pth (train.py's --output), or one "
-                   "generator .pth file such as the authors' horse2zebra.pth (default: output/<dataroot name>)")
-    p.add_argument("--results", help="where translations and index.html go (default: <weights folder>/results)")
-    p.add_argument("--ngf", type=int, default=64, help="generator filters in the first layer, as in training (default: 64)")
-    p.add_argument("--n_blocks", type=int, default=9, help="residual blocks per generator, as in training (default: 9)")
+    p.add_argument("--weights", help="folder with netG_A2B.pth and netG_B2A.pth (train.py's --output), train.py's "
+                   "checkpoint.pth, or one generator .pth file such as the authors' horse2zebra.pth "
+                   "(default: output/<dataroot name>)")
+    p.add_argument("--results", help="where translations and index.html go (default: <weights folder>/results, "
+                   "or <weights folder>/results_<input folder name> with --input)")
+    p.add_argument("--ngf", type=int, help="generator filters in the first layer (default: read from the weights)")
+    p.add_argument("--n_blocks", type=int, help="residual blocks per generator (default: read from the weights)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="image-loading worker processes; 0 loads in the main process (default: 4, or the CPU count if lower)")
@@ -56,7 +58,8 @@ def resolve(args):
         inputs = {args.direction or "A2B": args.input}
     if args.results is None:
         base = args.weights if os.path.isdir(args.weights) else os.path.dirname(os.path.abspath(args.weights))
-        args.results = os.path.join(base, "results")
+        name = "results" if args.input is None else "results_" + os.path.basename(os.path.normpath(args.input))
+        args.results = os.path.join(base, name)
     for folder in inputs.values():
         if _inside(args.results, folder):
             raise UserError(f"--results {args.results}: is inside the input folder {folder}; choose another")
@@ -99,22 +102,38 @@ def _read(path):
 
 
 def build_generator(path, state, ngf, n_blocks, device):
+    """A Generator holding `state`; --ngf and --n_blocks default to what the file holds."""
+    found = architecture(state)
+    if found is None:
+        raise UserError(f"{path}: holds no CycleGAN generator (no model.1.weight)")
+    ngf = found[0] if ngf is None else ngf
+    n_blocks = found[1] if n_blocks is None else n_blocks
     G = Generator(ngf=ngf, n_blocks=n_blocks)
-    try:
-        G.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise UserError(f"{path}: does not fit --ngf {ngf} --n_blocks {n_blocks}{_fitting_flags(state)} "
-                        f"({describe(e)})")
+    problem = _first_mismatch(G.state_dict(), state)
+    if problem:
+        raise UserError(f"{path}: does not fit --ngf {ngf} --n_blocks {n_blocks}; it holds a generator for "
+                        f"--ngf {found[0]} --n_blocks {found[1]} ({problem})")
+    G.load_state_dict(state, strict=True)
     return G.to(device).eval()
 
 
-def _fitting_flags(state):
+def architecture(state):
+    """(ngf, n_blocks) of a generator state_dict in the authors' layout, or None."""
     try:
-        ngf = state["model.1.weight"].shape[0]
-        n_blocks = sum(k.endswith("conv_block.1.weight") for k in state)
-        return f"; it holds a generator for --ngf {ngf} --n_blocks {n_blocks}"
-    except (KeyError, TypeError, AttributeError):
-        return ""
+        return state["model.1.weight"].shape[0], sum(k.endswith("conv_block.1.weight") for k in state)
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return None
+
+
+def _first_mismatch(expected, state):
+    for key, tensor in expected.items():
+        if key not in state:
+            return f"{key} is missing"
+        shape = tuple(getattr(state[key], "shape", ()))
+        if shape != tuple(tensor.shape):
+            return f"{key} has shape {shape}, expected {tuple(tensor.shape)}"
+    unexpected = [key for key in state if key not in expected]
+    return f"unexpected key {unexpected[0]}" if unexpected else None
 
 
 def output_names(paths):
@@ -174,7 +193,7 @@ def main(argv=None):
     try:
         done = {d: run_direction(generators[d], scans[d][0], args.results, d, device, args.workers) for d in inputs}
     except KeyboardInterrupt:
-        fail(f"interrupted; the images translated so far are in {args.results}", 130)
+        fail(f"test.py: interrupted; the images translated so far are in {args.results}", 130)
     except OSError as e:  # a full disk while writing results
         fail(f"test.py: error: {e.strerror or e}: {e.filename or ''}", 1)
     write_index(args.results, done)

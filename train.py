@@ -187,7 +187,10 @@ def parse_args(argv=None):
         args.load_size = args.size * 286 // 256
     if args.decay_epoch is None:
         args.decay_epoch = args.n_epochs // 2
-    check_args(args)
+    try:
+        check_args(args)
+    except UserError as e:
+        raise UserError(f"{e} (with --resume, options not given again are the checkpoint's)" if args.resume else e)
     return args, checkpoint
 
 
@@ -270,7 +273,7 @@ def train(args, checkpoint):
                 iteration = train_epoch(model, bar, args, epoch, batch, iteration, record, stop)
             batch = 0
             save_run(model, args, epoch + 1, 0, iteration, record.seconds())
-    print(f"done: {args.n_epochs} epochs, {iteration} iterations; weights in {args.output}")
+    print(f"done after {args.n_epochs} epochs and {iteration} iterations; weights in {args.output}")
 
 
 def train_epoch(model, bar, args, epoch, batch, iteration, record, stop):
@@ -290,7 +293,7 @@ def train_epoch(model, bar, args, epoch, batch, iteration, record, stop):
         if iteration % args.save_every == 0 or stop.received:
             save_run(model, args, epoch, batch, iteration, record.seconds())
         if stop.received:
-            raise Interrupted(f"{stop.received.name}: saved iteration {iteration} in {args.output}; "
+            raise Interrupted(f"train.py: {stop.received.name}: saved iteration {iteration} in {args.output}; "
                               "continue with --resume", 128 + stop.received)
     return iteration
 
@@ -380,7 +383,7 @@ def main(argv=None):
     except Interrupted as e:
         fail(*e.args)
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C
-        fail("interrupted; files on disk are complete, continue with --resume if a checkpoint was saved", 130)
+        fail("train.py: interrupted; files on disk are complete, continue with --resume if a checkpoint was saved", 130)
     except OSError as e:  # a full disk or a vanished folder while writing; files are written atomically
         fail(f"train.py: error: {e.strerror or e}: {e.filename or ''}; the last complete checkpoint "
              "is intact, continue with --resume once this is fixed", status=1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, TINY, assert_user_error, make_dataset, run_script
+from conftest import ROOT, TINY, assert_user_error, load_script, make_dataset, run_script
 
 WEIGHTS = ("netG_A2B.pth", "netG_B2A.pth", "netD_A.pth", "netD_B.pth")
 
@@ -61,13 +61,27 @@ def test_two_epochs_of_training_then_translation_end_to_end(dataset, tmp_path):
     assert "src='real_B/testB_0.png'" in page and "src='B2A/testB_0.png'" in page
 
 
-def test_results_default_to_the_weights_folder(dataset, tmp_path):
+def test_results_default_to_the_weights_folder_and_the_architecture_to_the_weights(dataset, tmp_path):
     out = str(tmp_path / "run")
-    assert train(dataset, out, "--n_epochs", "1").returncode == 0
-    result = run_script("test.py", "--dataroot", dataset, "--weights", out, "--ngf", "8", "--n_blocks", "2",
-                        "--direction", "B2A", "--workers", "0")
+    assert train(dataset, out, "--n_epochs", "1").returncode == 0  # --ngf 8 --n_blocks 2
+    result = run_script("test.py", "--dataroot", dataset, "--weights", out, "--direction", "B2A", "--workers", "0")
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(os.path.join(out, "results"))) == ["B2A", "index.html", "real_B"]
+    result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights", out, "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(os.path.join(out, "results_testA", "A2B"))) == ["testA_0.png", "testA_1.png", "testA_2.png"]
+
+
+def test_inputs_sharing_a_stem_keep_their_extension_in_the_output_name():
+    names = load_script("test.py").output_names(["d/a.jpg", "d/a.png", "d/b.png"])
+    assert names == ["a_jpg", "a_png", "b"]
+
+
+def test_resume_with_fewer_epochs_than_the_saved_decay_says_where_the_value_came_from(dataset, tmp_path):
+    out = str(tmp_path / "run")
+    assert train(dataset, out, "--n_epochs", "4").returncode == 0
+    result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume", "--n_epochs", "1")
+    assert_user_error(result, "--decay_epoch 2", "options not given again are the checkpoint's")
 
 
 def test_run_killed_mid_training_then_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path, single_thread):

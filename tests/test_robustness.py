@@ -107,7 +107,7 @@ def test_a_domain_with_no_usable_image_is_a_user_error(tmp_path):
     os.makedirs(os.path.join(data, "trainB"))
     open(os.path.join(data, "trainB", "broken.jpg"), "wb").write(b"nope")
     result = run_script("train.py", "--dataroot", data, "--output", tmp_path / "run", *TINY)
-    assert_user_error(result, "trainB: no usable images (1 other entries skipped)")
+    assert_user_error(result, "trainB: no usable images", "skipped 1: broken.jpg: not a readable image")
 
 
 def test_check_image_accepts_a_jpeg_with_data_after_its_end_marker(tmp_path):
