@@ -39,6 +39,20 @@ def make_dataset(root, counts=None, size=(40, 40)):
     return str(root)
 
 
+def save_generator(path, ngf=8, n_blocks=2):
+    """A freshly initialised generator's weights, as a bare state_dict file."""
+    from models import Generator
+    torch.save(Generator(ngf=ngf, n_blocks=n_blocks).state_dict(), path)
+    return str(path)
+
+
+def photo_folder(path, n=1):
+    """A folder of n small photos."""
+    for i in range(n):
+        write_image(os.path.join(path, f"photo_{i}.png"), seed=i)
+    return str(path)
+
+
 @pytest.fixture
 def dataset(tmp_path):
     return make_dataset(tmp_path / "data")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, TINY, assert_user_error, load_script, make_dataset, run_script
+from conftest import ROOT, TINY, assert_user_error, load_script, make_dataset, run_script, save_generator
 
 WEIGHTS = ("netG_A2B.pth", "netG_B2A.pth", "netD_A.pth", "netD_B.pth")
 
@@ -195,15 +195,9 @@ def test_help_explains_every_option():
     assert "default: 200" in result.stdout
 
 
-def tiny_generator_file(path, ngf=8, n_blocks=2):
-    from models import Generator
-    torch.save(Generator(ngf=ngf, n_blocks=n_blocks).state_dict(), path)
-    return str(path)
-
-
 def test_a_single_generator_file_translates_a_folder_of_photos(tmp_path):
     photos = make_dataset(tmp_path / "photos", {"mine": 2})
-    weights = tiny_generator_file(tmp_path / "horse2zebra.pth")
+    weights = save_generator(tmp_path / "horse2zebra.pth")
     results = tmp_path / "out"
     result = run_script("test.py", "--input", os.path.join(photos, "mine"), "--weights", weights,
                         "--results", results, "--ngf", "8", "--n_blocks", "2", "--workers", "0")
@@ -221,7 +215,7 @@ def test_checkpoint_pth_is_accepted_as_weights(dataset, tmp_path):
 
 
 def test_a_generator_of_another_architecture_names_the_flags_that_fit(dataset, tmp_path):
-    weights = tiny_generator_file(tmp_path / "g.pth", ngf=16, n_blocks=3)
+    weights = save_generator(tmp_path / "g.pth", ngf=16, n_blocks=3)
     result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights", weights,
                         "--results", tmp_path / "res", "--ngf", "8", "--n_blocks", "2")
     assert_user_error(result, "g.pth", "--ngf 16 --n_blocks 3")
@@ -239,12 +233,12 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(dataset, tmp_path):
 
 
 def test_one_generator_file_for_both_directions_is_refused(dataset, tmp_path):
-    weights = tiny_generator_file(tmp_path / "g.pth")
+    weights = save_generator(tmp_path / "g.pth")
     assert_user_error(run_script("test.py", "--dataroot", dataset, "--weights", weights), "--direction")
 
 
 def test_results_inside_the_input_folder_are_refused(dataset, tmp_path):
-    weights = tiny_generator_file(tmp_path / "g.pth")
+    weights = save_generator(tmp_path / "g.pth")
     folder = os.path.join(dataset, "testA")
     result = run_script("test.py", "--input", folder, "--weights", weights, "--results", os.path.join(folder, "r"))
     assert_user_error(result, "inside the input folder")

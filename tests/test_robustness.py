@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, TINY, assert_user_error, make_dataset, one_cpu_thread, run_script, write_image
+from conftest import (ROOT, TINY, assert_user_error, make_dataset, one_cpu_thread, photo_folder, run_script,
+                      save_generator, write_image)
 from datasets import UnalignedDataset, check_image, list_images
 
 WEIGHTS = ("netG_A2B.pth", "netG_B2A.pth", "netD_A.pth", "netD_B.pth")
@@ -117,14 +118,12 @@ def test_check_image_accepts_a_jpeg_with_data_after_its_end_marker(tmp_path):
 
 
 def test_test_py_translates_the_readable_images_and_lists_the_rest(tmp_path):
-    from models import Generator
     folder = tmp_path / "photos"
     usable, skipped = make_messy_folder(str(folder))
     os.remove(folder / "huge.jpg")  # translating 12 megapixels on a CPU is slow; the loader test covers it
     usable.remove("huge.jpg")
-    torch.save(Generator(ngf=4, n_blocks=1).state_dict(), tmp_path / "g.pth")
-    result = run_script("test.py", "--input", folder, "--weights", tmp_path / "g.pth", "--results", tmp_path / "res",
-                        "--ngf", "4", "--n_blocks", "1", "--workers", "0")
+    result = run_script("test.py", "--input", folder, "--weights", save_generator(tmp_path / "g.pth", 4, 1),
+                        "--results", tmp_path / "res", "--workers", "0")
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(tmp_path / "res" / "A2B")) == sorted(n.rsplit(".", 1)[0] + ".png" for n in usable)
     assert len([line for line in result.stderr.splitlines() if line.startswith("skipped ")]) == len(skipped)
@@ -288,9 +287,7 @@ class Exploit:
 def test_a_weights_file_that_would_run_code_is_refused_and_the_code_does_not_run(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"model.1.weight": Exploit(str(marker))}, tmp_path / "evil.pth")
-    os.makedirs(tmp_path / "photos")
-    write_image(str(tmp_path / "photos" / "x.png"))
-    result = run_script("test.py", "--input", tmp_path / "photos", "--weights", tmp_path / "evil.pth",
+    result = run_script("test.py", "--input", photo_folder(tmp_path / "photos"), "--weights", tmp_path / "evil.pth",
                         "--results", tmp_path / "res")
     assert_user_error(result, "evil.pth", "not a weights file torch can read safely")
     assert not marker.exists()
@@ -314,21 +311,14 @@ def test_resume_lists_every_architecture_difference(uninterrupted, tmp_path):
 
 
 def test_test_py_names_the_blocks_that_would_fit(tmp_path):
-    from models import Generator
-    torch.save(Generator(ngf=8, n_blocks=6).state_dict(), tmp_path / "g6.pth")
-    os.makedirs(tmp_path / "photos")
-    write_image(str(tmp_path / "photos" / "x.png"))
-    result = run_script("test.py", "--input", tmp_path / "photos", "--weights", tmp_path / "g6.pth",
+    weights = save_generator(tmp_path / "g6.pth", ngf=8, n_blocks=6)
+    result = run_script("test.py", "--input", photo_folder(tmp_path / "photos"), "--weights", weights,
                         "--ngf", "8", "--n_blocks", "9")
     assert_user_error(result, "g6.pth", "--ngf 8 --n_blocks 6")
 
 
 def test_test_py_reports_an_unwritable_results_folder(tmp_path):
-    from models import Generator
-    torch.save(Generator(ngf=4, n_blocks=1).state_dict(), tmp_path / "g.pth")
-    os.makedirs(tmp_path / "photos")
-    write_image(str(tmp_path / "photos" / "x.png"))
     (tmp_path / "a_file").write_text("x")
-    result = run_script("test.py", "--input", tmp_path / "photos", "--weights", tmp_path / "g.pth",
-                        "--ngf", "4", "--n_blocks", "1", "--results", tmp_path / "a_file" / "res")
+    result = run_script("test.py", "--input", photo_folder(tmp_path / "photos"),
+                        "--weights", save_generator(tmp_path / "g.pth"), "--results", tmp_path / "a_file" / "res")
     assert_user_error(result, "--results", "cannot write there")
