@@ -43,7 +43,9 @@ def build_parser():
 
 
 def resolve(args):
-    """Fill in the defaults that depend on other options; returns {direction: input folder}."""
+    """Check the options, fill in the defaults that depend on others; returns {direction: input folder}."""
+    if args.workers < 0 or min(args.ngf or 1, args.n_blocks or 1) < 1:
+        raise UserError("--workers must be >= 0, and --ngf and --n_blocks at least 1")
     if args.dataroot is not None:
         directions = ("A2B", "B2A") if args.direction in (None, "both") else (args.direction,)
         inputs = {d: domain_dir(args.dataroot, "test", DIRECTIONS[d][0]) for d in directions}

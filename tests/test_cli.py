@@ -281,3 +281,10 @@ def test_visdom_gets_a_plot_per_loss_and_the_six_image_panel(dataset, tmp_path, 
     assert windows["images"]["type"] == "image"
     assert windows["images"]["title"] == "real_A | fake_B | rec_A | real_B | fake_A | rec_B"
     assert windows["options"]["type"] == "text"
+
+
+@pytest.mark.parametrize("flags", [["--workers", "-1"], ["--ngf", "0"]])
+def test_test_py_rejects_impossible_numbers(dataset, tmp_path, flags):
+    result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights",
+                        save_generator(tmp_path / "g.pth"), *flags)
+    assert_user_error(result, flags[0])
