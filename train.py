@@ -32,55 +32,70 @@ class CycleGAN:
     D_B domain-B images), their two Adam optimisers and the two replay buffers."""
 
     def __init__(self, device="cpu", ngf=64, ndf=64, n_blocks=9, lr=2e-4, lambda_cycle=10.0,
-                 lambda_identity=0.5, pool_size=50, seed=0):
+                 lambda_identity=0.5, pool_size=50, seed=0, amp=False, channels_last=False):
         self.device = torch.device(device)
         self.lambda_cycle, self.lambda_identity = lambda_cycle, lambda_identity
+        self.amp_dtype = amp_dtype(self.device) if amp else None
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.G_A2B = Generator(ngf=ngf, n_blocks=n_blocks).to(self.device)
-            self.G_B2A = Generator(ngf=ngf, n_blocks=n_blocks).to(self.device)
-            self.D_A = Discriminator(ndf=ndf).to(self.device)
-            self.D_B = Discriminator(ndf=ndf).to(self.device)
+            self.G_A2B = Generator(ngf=ngf, n_blocks=n_blocks)
+            self.G_B2A = Generator(ngf=ngf, n_blocks=n_blocks)
+            self.D_A = Discriminator(ndf=ndf)
+            self.D_B = Discriminator(ndf=ndf)
+        for net in self.networks().values():
+            net.to(self.device, memory_format=self.memory_format)
         generators = itertools.chain(self.G_A2B.parameters(), self.G_B2A.parameters())
         discriminators = itertools.chain(self.D_A.parameters(), self.D_B.parameters())
         self.opt_G = torch.optim.Adam(generators, lr=lr, betas=(0.5, 0.999))
         self.opt_D = torch.optim.Adam(discriminators, lr=lr, betas=(0.5, 0.999))
+        # fp16 gradients need scaling against underflow; bf16 and fp32 ones do not.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.pool_A = ImagePool(pool_size, seed=2 * seed)  # generated A images, for D_A
         self.pool_B = ImagePool(pool_size, seed=2 * seed + 1)  # generated B images, for D_B
         self.visuals = {}
 
+    def autocast(self):
+        """Mixed precision for the networks when amp is on; the losses are taken in fp32."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
     def step(self, real_A, real_B):
         """One optimisation step on a batch from each domain; returns the losses as floats."""
-        real_A, real_B = real_A.to(self.device), real_B.to(self.device)
-        fake_B = self.G_A2B(real_A)
-        rec_A = self.G_B2A(fake_B)
-        fake_A = self.G_B2A(real_B)
-        rec_B = self.G_A2B(fake_A)
+        real_A = real_A.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        real_B = real_B.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        with self.autocast():
+            fake_B = self.G_A2B(real_A)
+            rec_A = self.G_B2A(fake_B)
+            fake_A = self.G_B2A(real_B)
+            rec_B = self.G_A2B(fake_A)
 
-        _set_requires_grad((self.D_A, self.D_B), False)
-        loss_G_GAN = lsgan(self.D_B(fake_B), True) + lsgan(self.D_A(fake_A), True)
-        loss_G_cycle = self.lambda_cycle * (l1(rec_A, real_A) + l1(rec_B, real_B))
-        loss_G_identity = torch.zeros((), device=self.device)
-        if self.lambda_identity > 0:
-            # G_A2B should leave a B image unchanged, G_B2A an A image (Taigman et al.).
-            identity = l1(self.G_A2B(real_B), real_B) + l1(self.G_B2A(real_A), real_A)
-            loss_G_identity = self.lambda_cycle * self.lambda_identity * identity
-        loss_G = loss_G_GAN + loss_G_cycle + loss_G_identity
-        self.opt_G.zero_grad(set_to_none=True)
-        loss_G.backward()
-        self.opt_G.step()
+            _set_requires_grad((self.D_A, self.D_B), False)
+            loss_G_GAN = lsgan(self.D_B(fake_B), True) + lsgan(self.D_A(fake_A), True)
+            loss_G_cycle = self.lambda_cycle * (l1(rec_A, real_A) + l1(rec_B, real_B))
+            loss_G_identity = torch.zeros((), device=self.device)
+            if self.lambda_identity > 0:
+                # G_A2B should leave a B image unchanged, G_B2A an A image (Taigman et al.).
+                identity = l1(self.G_A2B(real_B), real_B) + l1(self.G_B2A(real_A), real_A)
+                loss_G_identity = self.lambda_cycle * self.lambda_identity * identity
+            loss_G = loss_G_GAN + loss_G_cycle + loss_G_identity
+        self._update(self.opt_G, loss_G)
 
         _set_requires_grad((self.D_A, self.D_B), True)
-        loss_D = (self._discriminator_loss(self.D_A, real_A, self.pool_A.query(fake_A))
-                  + self._discriminator_loss(self.D_B, real_B, self.pool_B.query(fake_B)))
-        self.opt_D.zero_grad(set_to_none=True)
-        loss_D.backward()
-        self.opt_D.step()
+        with self.autocast():
+            loss_D = (self._discriminator_loss(self.D_A, real_A, self.pool_A.query(fake_A))
+                      + self._discriminator_loss(self.D_B, real_B, self.pool_B.query(fake_B)))
+        self._update(self.opt_D, loss_D)
+        self.scaler.update()
 
         self.visuals = {"real_A": real_A, "fake_B": fake_B.detach(), "rec_A": rec_A.detach(),
                         "real_B": real_B, "fake_A": fake_A.detach(), "rec_B": rec_B.detach()}
         losses = (loss_G, loss_G_GAN, loss_G_cycle, loss_G_identity, loss_D)
         return {name: loss.item() for name, loss in zip(LOSS_NAMES, losses)}
+
+    def _update(self, optimizer, loss):
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
 
     @staticmethod
     def _discriminator_loss(D, real, fake):
@@ -96,7 +111,7 @@ class CycleGAN:
 
     def state_dict(self):
         state = {name: net.state_dict() for name, net in self.networks().items()}
-        state.update(opt_G=self.opt_G.state_dict(), opt_D=self.opt_D.state_dict(),
+        state.update(opt_G=self.opt_G.state_dict(), opt_D=self.opt_D.state_dict(), scaler=self.scaler.state_dict(),
                      pool_A=self.pool_A.state_dict(), pool_B=self.pool_B.state_dict())
         return state
 
@@ -105,20 +120,30 @@ class CycleGAN:
             net.load_state_dict(state[name])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
+        if state.get("scaler"):  # empty unless the run used fp16
+            self.scaler.load_state_dict(state["scaler"])
         for name, pool in (("pool_A", self.pool_A), ("pool_B", self.pool_B)):
             pool_state = dict(state[name])
             pool_state["images"] = [im.to(self.device) for im in pool_state["images"]]
             pool.load_state_dict(pool_state)
 
 
+def amp_dtype(device):
+    """bf16 where the device computes it natively, else fp16 (with a gradient scaler)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
 def lsgan(prediction, is_real):
     """Least-squares GAN loss against a target of 1 (real) or 0 (fake) for every patch."""
+    prediction = prediction.float()
     target = torch.ones_like(prediction) if is_real else torch.zeros_like(prediction)
     return nn.functional.mse_loss(prediction, target)
 
 
 def l1(x, y):
-    return nn.functional.l1_loss(x, y)
+    return nn.functional.l1_loss(x.float(), y.float())
 
 
 def _set_requires_grad(nets, flag):
@@ -150,6 +175,10 @@ def build_parser():
     p.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first conv layer (default: 64)")
     p.add_argument("--n_blocks", type=int, default=9, help="residual blocks in each generator (default: 9)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: bf16 autocast where supported, else fp16 with gradient scaling; "
+                   "losses stay fp32 (default: off; see docs/benchmarks.md)")
+    p.add_argument("--channels_last", action="store_true", help="channels-last memory format for networks and batches")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="data-loading worker processes; 0 loads in the main process (default: 4, or the CPU count if lower)")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights, data order, crops and the buffers (default: 0)")
@@ -254,7 +283,7 @@ def train(args, checkpoint):
     prepare_output(args)
     model = CycleGAN(device=device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks, lr=args.lr,
                      lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
-                     pool_size=args.pool_size, seed=args.seed)
+                     pool_size=args.pool_size, seed=args.seed, amp=args.amp, channels_last=args.channels_last)
     epoch, batch, iteration, seconds = restore(model, checkpoint) if checkpoint else (0, 0, 0, 0.0)
     record = TrainingRecord(args, iteration, seconds)
 

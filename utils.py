@@ -128,7 +128,8 @@ class ImagePool:
                 self.images[i] = image
             else:
                 out.append(image)
-        return torch.cat(out, 0)
+        # Stored images may be of another precision (a run resumed with or without --amp).
+        return torch.cat([image.to(images.dtype) for image in out], 0)
 
     def state_dict(self):
         return {"images": list(self.images), "rng": self.rng.getstate()}

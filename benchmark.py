@@ -1,0 +1,140 @@
+"""Time CycleGAN training iterations and translations on this machine, on synthetic images.
+
+    python benchmark.py --size 256 --batch_size 1 [--amp] [--channels_last]
+
+Reports the median and spread of seconds per training iteration and images per second of
+translation after warm-up, the peak memory (GPU memory on CUDA, resident memory on CPU), and
+the achieved TFLOP/s from FLOPs counted by torch for one iteration. Prints a table and writes
+JSON (--json).
+"""
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import translate
+from train import CycleGAN
+from utils import ArgumentParser, UserError, fail, pick_device
+
+
+def build_parser():
+    p = ArgumentParser(description="Time training iterations and translations on synthetic images.")
+    p.add_argument("--size", type=int, default=256, help="image height and width, a multiple of 4 (default: 256)")
+    p.add_argument("--batch_size", type=int, default=1, help="images per domain per iteration (default: 1)")
+    p.add_argument("--amp", action="store_true", help="mixed precision, as train.py --amp")
+    p.add_argument("--channels_last", action="store_true", help="channels-last memory format, as train.py")
+    p.add_argument("--ngf", type=int, default=64, help="generator filters (default: 64)")
+    p.add_argument("--ndf", type=int, default=64, help="discriminator filters (default: 64)")
+    p.add_argument("--n_blocks", type=int, default=9, help="residual blocks per generator (default: 9)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default: 2)")
+    p.add_argument("--iters", type=int, default=10, help="timed training iterations (default: 10)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    return p
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, warmup, iters):
+    """Seconds per call of fn, `iters` times after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summary(times):
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "n": len(times)}
+
+
+def count_flops(fn):
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def peak_memory_mib(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run(args):
+    if args.size <= 0 or args.size % 4 or args.batch_size < 1 or args.iters < 1 or args.warmup < 0:
+        raise UserError("--size must be a positive multiple of 4; --batch_size and --iters at least 1")
+    device = pick_device(args.device)
+    model = CycleGAN(device=device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks,
+                     amp=args.amp, channels_last=args.channels_last)
+    g = torch.Generator().manual_seed(0)
+    real_A, real_B = (torch.rand(args.batch_size, 3, args.size, args.size, generator=g) * 2 - 1 for _ in "AB")
+
+    def train_step():
+        model.step(real_A, real_B)
+
+    def translate_batch():
+        with torch.inference_mode(), model.autocast():
+            translate(model.G_A2B, real_A.to(device, memory_format=model.memory_format))
+
+    train_flops = count_flops(train_step)
+    generator_flops = count_flops(translate_batch)
+    train_times = timed(train_step, device, args.warmup, args.iters)
+    translate_times = timed(translate_batch, device, args.warmup, args.iters)
+    train, trans = summary(train_times), summary(translate_times)
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "options": {k: v for k, v in vars(args).items() if k != "json"},
+        "train_seconds_per_iteration": train,
+        "train_iterations_per_second": 1 / train["median"],
+        "train_tflop_per_iteration": train_flops / 1e12,
+        "train_tflops_achieved": train_flops / train["median"] / 1e12,
+        "translate_images_per_second": args.batch_size / trans["median"],
+        "translate_seconds_per_batch": trans,
+        "generator_gflop_per_image": generator_flops / args.batch_size / 1e9,
+        "peak_memory_mib": peak_memory_mib(device),
+    }
+
+
+def print_table(r):
+    t, s = r["train_seconds_per_iteration"], r["translate_seconds_per_batch"]
+    o = r["options"]
+    print(f"device {r['device']} ({r['threads']} threads), torch {r['torch']}, size {o['size']}, "
+          f"batch {o['batch_size']}, amp {o['amp']}, channels_last {o['channels_last']}")
+    print(f"{'measure':<34}{'median':>10}{'min':>10}{'max':>10}")
+    print(f"{'train s/iteration':<34}{t['median']:>10.4f}{t['min']:>10.4f}{t['max']:>10.4f}")
+    print(f"{'translate s/batch':<34}{s['median']:>10.4f}{s['min']:>10.4f}{s['max']:>10.4f}")
+    print(f"train iterations/s {r['train_iterations_per_second']:.3f}; translate images/s "
+          f"{r['translate_images_per_second']:.2f}")
+    print(f"FLOP: {r['train_tflop_per_iteration']:.3f} TFLOP per iteration, {r['generator_gflop_per_image']:.1f} "
+          f"GFLOP per generator forward per image; achieved {r['train_tflops_achieved']:.3f} TFLOP/s in training")
+    print(f"peak memory {r['peak_memory_mib']:.0f} MiB")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except UserError as e:
+        fail(f"benchmark.py: error: {e}")
+    print_table(result)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

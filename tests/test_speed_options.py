@@ -1,0 +1,79 @@
+"""Mixed precision, channels-last and benchmark.py: same training, other arithmetic."""
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import TINY, load_script, run_script
+from train import CycleGAN
+
+SMALL = dict(device="cpu", ngf=8, ndf=8, n_blocks=2, pool_size=0)
+
+
+def first_step_losses(**options):
+    batch = torch.Generator().manual_seed(0)
+    real_A, real_B = (torch.rand(1, 3, 32, 32, generator=batch) * 2 - 1 for _ in "AB")
+    return CycleGAN(**SMALL, **options).step(real_A, real_B)
+
+
+def test_bf16_amp_losses_track_fp32_to_bf16_precision():
+    fp32, amp = first_step_losses(), first_step_losses(amp=True)
+    assert amp != fp32  # bf16 arithmetic really ran
+    for name in fp32:
+        assert amp[name] == pytest.approx(fp32[name], rel=0.03, abs=1e-3), name
+        assert math.isfinite(amp[name])
+
+
+def test_amp_on_cpu_uses_bf16_without_a_gradient_scaler():
+    model = CycleGAN(**SMALL, amp=True)
+    assert model.amp_dtype == torch.bfloat16 and not model.scaler.is_enabled()
+
+
+def test_channels_last_gives_the_same_losses_to_float_rounding():
+    fp32, channels_last = first_step_losses(), first_step_losses(channels_last=True)
+    for name in fp32:
+        assert channels_last[name] == pytest.approx(fp32[name], rel=1e-4), name
+
+
+def test_training_with_amp_and_channels_last_runs_and_resumes(dataset, tmp_path):
+    out = tmp_path / "run"
+    flags = ["--amp", "--channels_last", "--log_every", "1"]
+    assert run_script("train.py", "--dataroot", dataset, "--output", out, *TINY, *flags, "--n_epochs", "1").returncode == 0
+    result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume", "--n_epochs", "2")
+    assert result.returncode == 0, result.stderr
+    options = torch.load(out / "checkpoint.pth", weights_only=True)["options"]
+    assert options["amp"] and options["channels_last"] and options["n_epochs"] == 2
+
+
+def test_benchmark_reports_medians_flops_and_memory_as_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_script("benchmark.py", "--size", "32", "--ngf", "4", "--ndf", "4", "--n_blocks", "1",
+                        "--device", "cpu", "--iters", "3", "--warmup", "1", "--json", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    train = report["train_seconds_per_iteration"]
+    assert train["n"] == 3 and train["min"] <= train["median"] <= train["max"]
+    assert report["train_iterations_per_second"] == pytest.approx(1 / train["median"])
+    assert report["train_tflop_per_iteration"] > 0 and report["generator_gflop_per_image"] > 0
+    assert report["translate_images_per_second"] > 0 and report["peak_memory_mib"] > 0
+    assert "train s/iteration" in result.stdout
+
+
+def test_benchmark_flop_count_matches_the_generator_convolutions():
+    # c7s1-64, d128, d256, 9 residual blocks, u128, u64, c7s1-3 at 256x256; torch's counter
+    # counts a stride-2 transposed conv by its input pixels (the multiply-adds it really does).
+    def conv(pixels, c_in, c_out, k):
+        return 2 * pixels * c_in * c_out * k * k
+    expected = (conv(256**2, 3, 64, 7) + conv(128**2, 64, 128, 3) + conv(64**2, 128, 256, 3)
+                + 18 * conv(64**2, 256, 256, 3) + conv(64**2, 256, 128, 3) + conv(128**2, 128, 64, 3)
+                + conv(256**2, 64, 3, 7))
+    benchmark = load_script("benchmark.py")
+    from models import Generator
+    counted = benchmark.count_flops(lambda: Generator()(torch.zeros(1, 3, 256, 256)))
+    assert counted == expected
+
+
+def test_benchmark_rejects_a_size_that_is_not_a_multiple_of_4():
+    result = run_script("benchmark.py", "--size", "30", "--device", "cpu")
+    assert result.returncode == 2 and "multiple of 4" in result.stderr
