@@ -170,13 +170,17 @@ class EpochSampler(torch.utils.data.Sampler):
 
     An epoch has max(|A|, |B|) samples: A is visited in a shuffled order (cycling when B is
     larger), B is drawn at random for each sample, as in the authors' unaligned dataset.
-    `start` skips the samples already trained on when resuming mid-epoch.
+    `start` skips the samples already trained on when resuming mid-epoch. The DataLoader
+    iterates its sampler in the main process, so `set_epoch` reaches persistent workers.
     """
 
-    def __init__(self, n_A, n_B, seed, epoch, start=0):
-        self.n_A, self.n_B, self.start = n_A, n_B, start
+    def __init__(self, n_A, n_B, seed, epoch=0, start=0):
+        self.n_A, self.n_B, self.seed = n_A, n_B, seed
         self.n = max(n_A, n_B)
-        self.epoch_seed = seed * 100_003 + epoch
+        self.set_epoch(epoch, start)
+
+    def set_epoch(self, epoch, start=0):
+        self.epoch_seed, self.start = self.seed * 100_003 + epoch, start
 
     def __len__(self):
         return max(0, self.n - self.start)

@@ -89,7 +89,7 @@ def count_parameters(net):
     return sum(p.numel() for p in net.parameters())
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def translate(G, image):
     """Run generator G on a [-1, 1] batch of any height and width.
 

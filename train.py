@@ -275,6 +275,8 @@ def save_run(model, args, epoch, batch, iteration, seconds):
 
 def train(args, checkpoint):
     device = pick_device(args.device)
+    # Training crops all have one size, so cuDNN may pick the fastest algorithms once.
+    torch.backends.cudnn.benchmark = True
     (paths_A, skipped_A), (paths_B, skipped_B) = (list_images(domain_dir(args.dataroot, "train", d)) for d in "AB")
     report_skipped(skipped_A + skipped_B)
     if checkpoint is None and os.path.exists(os.path.join(args.output, "checkpoint.pth")):
@@ -291,12 +293,13 @@ def train(args, checkpoint):
     batches_per_epoch = math.ceil(len(dataset) / args.batch_size)
     print(f"{len(paths_A)} A and {len(paths_B)} B images, {batches_per_epoch} iterations per epoch, "
           f"device {device}, output {args.output}")
+    sampler = EpochSampler(len(paths_A), len(paths_B), args.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+                                         num_workers=args.workers, persistent_workers=args.workers > 0,
+                                         pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     with StopSignals() as stop:
         for epoch in range(epoch, args.n_epochs):
-            sampler = EpochSampler(len(paths_A), len(paths_B), args.seed, epoch, start=batch * args.batch_size)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                                                 num_workers=args.workers, pin_memory=device.type == "cuda",
-                                                 worker_init_fn=ignore_stop_signals)
+            sampler.set_epoch(epoch, start=batch * args.batch_size)
             with tqdm(loader, desc=f"epoch {epoch + 1}/{args.n_epochs}", initial=batch,
                       total=batches_per_epoch, dynamic_ncols=True) as bar:
                 iteration = train_epoch(model, bar, args, epoch, batch, iteration, record, stop)

@@ -288,3 +288,11 @@ def test_test_py_rejects_impossible_numbers(dataset, tmp_path, flags):
     result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights",
                         save_generator(tmp_path / "g.pth"), *flags)
     assert_user_error(result, flags[0])
+
+
+def test_worker_processes_do_not_change_what_is_learned(dataset, tmp_path, single_thread):
+    common = ["--dataroot", dataset, "--size", "32", "--ngf", "8", "--ndf", "8", "--n_blocks", "2", "--device", "cpu",
+              "--no_visdom", "--n_epochs", "2"]
+    assert run_script("train.py", *common, "--output", tmp_path / "w0", "--workers", "0").returncode == 0
+    assert run_script("train.py", *common, "--output", tmp_path / "w2", "--workers", "2").returncode == 0
+    assert_same_weights(tmp_path / "w0", tmp_path / "w2")

@@ -112,6 +112,12 @@ def test_epoch_order_is_fixed_by_seed_and_epoch_and_differs_between_epochs():
     assert list(EpochSampler(50, 50, seed=1, epoch=3)) != list(EpochSampler(50, 50, seed=2, epoch=3))
 
 
+def test_set_epoch_gives_the_order_of_a_sampler_made_for_that_epoch():
+    sampler = EpochSampler(20, 30, seed=4)
+    sampler.set_epoch(2, start=5)
+    assert list(sampler) == list(EpochSampler(20, 30, seed=4, epoch=2, start=5))
+
+
 def test_start_skips_the_samples_already_trained_on():
     full = list(EpochSampler(20, 30, seed=0, epoch=1))
     resumed = EpochSampler(20, 30, seed=0, epoch=1, start=12)
