@@ -10,6 +10,7 @@ import collections
 import html
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torchvision.utils import save_image
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from datasets import ImageFiles, domain_dir, list_images
 from models import Generator, translate
-from utils import ArgumentParser, UserError, default_workers, fail, load_weights, pick_device, report_skipped
+from utils import ArgumentParser, UserError, amp_dtype, default_workers, fail, load_weights, pick_device, report_skipped
 
 DIRECTIONS = {"A2B": ("A", "G_A2B"), "B2A": ("B", "G_B2A")}
 
@@ -37,6 +38,9 @@ def build_parser():
     p.add_argument("--ngf", type=int, help="generator filters in the first layer (default: read from the weights)")
     p.add_argument("--n_blocks", type=int, help="residual blocks per generator (default: read from the weights)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--batch_size", type=int, default=1,
+                   help="images of one size translated together; more is faster on a GPU (default: 1)")
+    p.add_argument("--amp", action="store_true", help="translate in bf16 (or fp16) autocast, as train.py --amp")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="image-loading worker processes; 0 loads in the main process (default: 4, or the CPU count if lower)")
     return p
@@ -44,8 +48,8 @@ def build_parser():
 
 def resolve(args):
     """Check the options, fill in the defaults that depend on others; returns {direction: input folder}."""
-    if args.workers < 0 or min(args.ngf or 1, args.n_blocks or 1) < 1:
-        raise UserError("--workers must be >= 0, and --ngf and --n_blocks at least 1")
+    if args.workers < 0 or min(args.ngf or 1, args.n_blocks or 1, args.batch_size) < 1:
+        raise UserError("--workers must be >= 0, and --ngf, --n_blocks and --batch_size at least 1")
     if args.dataroot is not None:
         directions = ("A2B", "B2A") if args.direction in (None, "both") else (args.direction,)
         inputs = {d: domain_dir(args.dataroot, "test", DIRECTIONS[d][0]) for d in directions}
@@ -146,21 +150,48 @@ def output_names(paths):
             for stem, p in zip(stems, paths)]
 
 
-def run_direction(G, paths, results, direction, device, workers):
+def run_direction(G, paths, results, direction, device, args):
+    """Translate `paths` with G, up to --batch_size images of one size at a time, while worker
+    processes read the next images and a thread writes the PNGs; returns the names written."""
     domain = DIRECTIONS[direction][0]
     names = output_names(paths)
     os.makedirs(os.path.join(results, direction), exist_ok=True)
     os.makedirs(os.path.join(results, f"real_{domain}"), exist_ok=True)
-    loader = torch.utils.data.DataLoader(ImageFiles(paths), batch_size=None, num_workers=workers)
-    done = []
-    for image, i in tqdm(loader, desc=direction, total=len(paths)):
-        if image is None:
-            continue
-        fake = translate(G, image.unsqueeze(0).to(device))
-        save_image(image * 0.5 + 0.5, os.path.join(results, f"real_{domain}", f"{names[i]}.png"))
-        save_image(fake[0] * 0.5 + 0.5, os.path.join(results, direction, f"{names[i]}.png"))
-        done.append(names[i])
+    loader = torch.utils.data.DataLoader(ImageFiles(paths), batch_size=None, num_workers=args.workers,
+                                         pin_memory=device.type == "cuda")
+    done, writes = [], []
+    autocast = torch.autocast(device.type, dtype=amp_dtype(device), enabled=args.amp)
+    with ThreadPoolExecutor(max_workers=1) as writer, tqdm(desc=direction, total=len(paths)) as bar:
+        for images, indices in same_size_batches(loader, args.batch_size):
+            with autocast:
+                fakes = translate(G, images.to(device, non_blocking=True)).float().cpu()
+            for image, fake, i in zip(images, fakes, indices):
+                writes.append(writer.submit(save_pair, image, fake, results, direction, names[i]))
+                done.append(names[i])
+            bar.update(len(indices))
+        for write in writes:
+            write.result()  # a failed write (a full disk) raises here
     return done
+
+
+def same_size_batches(loader, batch_size):
+    """Stack consecutive images of one size into batches of up to batch_size."""
+    images, indices = [], []
+    for image, i in loader:
+        if image is None:  # unreadable, already reported
+            continue
+        if images and (len(images) == batch_size or image.shape != images[0].shape):
+            yield torch.stack(images), indices
+            images, indices = [], []
+        images.append(image)
+        indices.append(i)
+    if images:
+        yield torch.stack(images), indices
+
+
+def save_pair(image, fake, results, direction, name):
+    save_image(image * 0.5 + 0.5, os.path.join(results, f"real_{DIRECTIONS[direction][0]}", f"{name}.png"))
+    save_image(fake * 0.5 + 0.5, os.path.join(results, direction, f"{name}.png"))
 
 
 def write_index(results, done):
@@ -193,7 +224,7 @@ def main(argv=None):
         fail(f"test.py: error: {e}")
     report_skipped([entry for _, skipped in scans.values() for entry in skipped])
     try:
-        done = {d: run_direction(generators[d], scans[d][0], args.results, d, device, args.workers) for d in inputs}
+        done = {d: run_direction(generators[d], scans[d][0], args.results, d, device, args) for d in inputs}
     except KeyboardInterrupt:
         fail(f"test.py: interrupted; the images translated so far are in {args.results}", 130)
     except OSError as e:  # a full disk while writing results

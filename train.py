@@ -20,7 +20,7 @@ from tqdm import tqdm
 from datasets import EpochSampler, UnalignedDataset, domain_dir, ignore_stop_signals, list_images
 from models import Discriminator, Generator
 from utils import (LOSS_NAMES, ArgumentParser, Dashboard, ImagePool, LossLog, RunFailure, StopSignals, UserError,
-                   atomic_save, atomic_write_text, default_workers, describe, fail, linear_decay, load_weights, pick_device,
+                   amp_dtype, atomic_save, atomic_write_text, default_workers, describe, fail, linear_decay, load_weights, pick_device,
                    report_skipped, save_visuals)
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
@@ -126,13 +126,6 @@ class CycleGAN:
             pool_state = dict(state[name])
             pool_state["images"] = [im.to(self.device) for im in pool_state["images"]]
             pool.load_state_dict(pool_state)
-
-
-def amp_dtype(device):
-    """bf16 where the device computes it natively, else fp16 (with a gradient scaler)."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
 
 
 def lsgan(prediction, is_real):

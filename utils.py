@@ -100,6 +100,13 @@ def pick_device(name):
     return device
 
 
+def amp_dtype(device):
+    """The --amp precision: bf16 where the device supports it, else fp16 (with gradient scaling)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
 class ImagePool:
     """The replay buffer of Shrivastava et al. used by CycleGAN for the discriminators.
 

@@ -77,3 +77,36 @@ def test_benchmark_flop_count_matches_the_generator_convolutions():
 def test_benchmark_rejects_a_size_that_is_not_a_multiple_of_4():
     result = run_script("benchmark.py", "--size", "30", "--device", "cpu")
     assert result.returncode == 2 and "multiple of 4" in result.stderr
+
+
+def test_same_size_batches_stack_consecutive_images_of_one_size_and_skip_unreadable_ones():
+    small, big = torch.zeros(3, 4, 4), torch.zeros(3, 8, 8)
+    items = [(small, 0), (small, 1), (None, 2), (small, 3), (big, 4), (small, 5)]
+    batches = list(load_script("test.py").same_size_batches(items, batch_size=2))
+    assert [(tuple(b.shape), i) for b, i in batches] == [
+        ((2, 3, 4, 4), [0, 1]), ((1, 3, 4, 4), [3]), ((1, 3, 8, 8), [4]), ((1, 3, 4, 4), [5])]
+
+
+def test_batched_translation_writes_the_same_images_as_one_at_a_time(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from conftest import save_generator, write_image
+    photos = tmp_path / "photos"
+    for i, size in enumerate([(40, 40), (40, 40), (40, 40), (33, 21), (40, 40)]):
+        write_image(str(photos / f"p{i}.png"), size=size, seed=i)
+    weights = save_generator(tmp_path / "g.pth")
+    for batch in ("1", "3"):
+        result = run_script("test.py", "--input", photos, "--weights", weights, "--results", tmp_path / batch,
+                            "--batch_size", batch, "--workers", "0")
+        assert result.returncode == 0, result.stderr
+    for i in range(5):
+        one, three = (np.asarray(Image.open(tmp_path / b / "A2B" / f"p{i}.png"), dtype=int) for b in ("1", "3"))
+        assert one.shape == three.shape and np.abs(one - three).max() <= 1
+
+
+def test_translation_with_amp_writes_every_image(dataset, tmp_path):
+    from conftest import save_generator
+    result = run_script("test.py", "--input", f"{dataset}/testA", "--weights", save_generator(tmp_path / "g.pth"),
+                        "--results", tmp_path / "res", "--amp", "--batch_size", "2", "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "res" / "A2B").iterdir())) == 3
