@@ -87,6 +87,18 @@ def load_script(script):
     return sys.modules[name]
 
 
+WEIGHTS = ("netG_A2B.pth", "netG_B2A.pth", "netD_A.pth", "netD_B.pth")
+
+
+def assert_same_weights(dir_a, dir_b):
+    """The four weight files of two training outputs are bit-identical."""
+    for name in WEIGHTS:
+        a, b = (torch.load(os.path.join(d, name), weights_only=True) for d in (dir_a, dir_b))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name} {key} differs"
+
+
 def assert_user_error(result, *words):
     """Exit status 2, one line on stderr naming the problem, no traceback."""
     assert result.returncode == 2, result.stderr

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, TINY, assert_user_error, load_script, make_dataset, run_script, save_generator
+from conftest import (ROOT, TINY, WEIGHTS, assert_same_weights, assert_user_error, load_script, make_dataset,
+                      run_script, save_generator)
 
-WEIGHTS = ("netG_A2B.pth", "netG_B2A.pth", "netD_A.pth", "netD_B.pth")
 
 
 def train(dataroot, output, *extra):
@@ -23,14 +23,6 @@ def train(dataroot, output, *extra):
 def read_losses(output):
     with open(os.path.join(output, "losses.csv"), newline="") as f:
         return list(csv.DictReader(f))
-
-
-def assert_same_weights(dir_a, dir_b):
-    for name in WEIGHTS:
-        a, b = (torch.load(os.path.join(d, name), weights_only=True) for d in (dir_a, dir_b))
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{name} {key} differs"
 
 
 def test_two_epochs_of_training_then_translation_end_to_end(dataset, tmp_path):

@@ -15,11 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import (ROOT, TINY, assert_user_error, make_dataset, one_cpu_thread, photo_folder, run_script,
-                      save_generator, write_image)
+from conftest import (ROOT, TINY, WEIGHTS, assert_same_weights, assert_user_error, make_dataset, one_cpu_thread,
+                      photo_folder, run_script, save_generator, write_image)
 from datasets import UnalignedDataset, check_image, list_images
 
-WEIGHTS = ("netG_A2B.pth", "netG_B2A.pth", "netD_A.pth", "netD_B.pth")
 
 
 def jpeg_bytes(size=(64, 48), **save_options):
@@ -162,9 +161,7 @@ def wait_for(condition, proc, timeout=120):
 def assert_resumes_to(data, output, reference):
     result = run_script("train.py", "--dataroot", data, "--output", output, "--resume")
     assert result.returncode == 0, result.stderr
-    for name in WEIGHTS:
-        a, b = (torch.load(os.path.join(d, name), weights_only=True) for d in (output, reference))
-        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
+    assert_same_weights(output, reference)
 
 
 def test_sigkill_while_the_checkpoint_is_being_written_loses_at_most_one_save_interval(uninterrupted, tmp_path,
