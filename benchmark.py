@@ -1,11 +1,12 @@
 """Time CycleGAN training iterations and translations on this machine, on synthetic images.
 
-    python benchmark.py --size 256 --batch_size 1 [--amp] [--channels_last]
+    python benchmark.py --size 256 --batch_size 1 [--amp on|off] [--channels_last] [--compile]
 
 Reports the median and spread of seconds per training iteration and images per second of
 translation after warm-up, the peak memory (GPU memory on CUDA, resident memory on CPU), and
-the achieved TFLOP/s from FLOPs counted by torch for one iteration. Prints a table and writes
-JSON (--json).
+the achieved TFLOP/s from FLOPs counted by torch for one iteration; with --compile, the
+compile time; with --dataroot, how long one worker takes to decode and augment a training
+pair. Prints a table and writes JSON (--json).
 """
 import json
 import platform
@@ -17,17 +18,20 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from datasets import EpochSampler, UnalignedDataset, domain_dir, list_images
 from models import translate
 from train import CycleGAN
-from utils import ArgumentParser, UserError, fail, pick_device
+from utils import ArgumentParser, UserError, add_amp_argument, fail, pick_device, use_amp
 
 
 def build_parser():
     p = ArgumentParser(description="Time training iterations and translations on synthetic images.")
     p.add_argument("--size", type=int, default=256, help="image height and width, a multiple of 4 (default: 256)")
     p.add_argument("--batch_size", type=int, default=1, help="images per domain per iteration (default: 1)")
-    p.add_argument("--amp", action="store_true", help="mixed precision, as train.py --amp")
+    add_amp_argument(p)
     p.add_argument("--channels_last", action="store_true", help="channels-last memory format, as train.py")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks, as train.py")
+    p.add_argument("--dataroot", help="also time decoding and augmenting training pairs from this dataset")
     p.add_argument("--ngf", type=int, default=64, help="generator filters (default: 64)")
     p.add_argument("--ndf", type=int, default=64, help="discriminator filters (default: 64)")
     p.add_argument("--n_blocks", type=int, default=9, help="residual blocks per generator (default: 9)")
@@ -78,12 +82,12 @@ def run(args):
         raise UserError("--size must be a positive multiple of 4; --batch_size and --iters at least 1")
     device = pick_device(args.device)
     model = CycleGAN(device=device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks,
-                     amp=args.amp, channels_last=args.channels_last)
+                     amp=use_amp(args.amp, device), channels_last=args.channels_last)
     g = torch.Generator().manual_seed(0)
     real_A, real_B = (torch.rand(args.batch_size, 3, args.size, args.size, generator=g) * 2 - 1 for _ in "AB")
 
     def train_step():
-        model.step(real_A, real_B)
+        model.update(real_A, real_B)
 
     def translate_batch():
         with torch.inference_mode(), model.autocast():
@@ -91,6 +95,10 @@ def run(args):
 
     train_flops = count_flops(train_step)
     generator_flops = count_flops(translate_batch)
+    compile_seconds = None
+    if args.compile:
+        model.compile()
+        compile_seconds = sum(timed(fn, device, 0, 1)[0] for fn in (train_step, translate_batch))
     train_times = timed(train_step, device, args.warmup, args.iters)
     translate_times = timed(translate_batch, device, args.warmup, args.iters)
     train, trans = summary(train_times), summary(translate_times)
@@ -98,6 +106,7 @@ def run(args):
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "options": {k: v for k, v in vars(args).items() if k != "json"},
+        "amp": str(model.amp_dtype).removeprefix("torch.") if model.amp_dtype else "off",
         "train_seconds_per_iteration": train,
         "train_iterations_per_second": 1 / train["median"],
         "train_tflop_per_iteration": train_flops / 1e12,
@@ -106,14 +115,25 @@ def run(args):
         "translate_seconds_per_batch": trans,
         "generator_gflop_per_image": generator_flops / args.batch_size / 1e9,
         "peak_memory_mib": peak_memory_mib(device),
+        "compile_seconds": compile_seconds,
+        "data_seconds_per_pair": time_data(args.dataroot, args.size) if args.dataroot else None,
     }
+
+
+def time_data(dataroot, size, n=100):
+    """Seconds one worker takes to read, decode, resize, crop and flip an (A, B) training pair,
+    over the first `n` pairs of the first epoch."""
+    paths_A, paths_B = (list_images(domain_dir(dataroot, "train", d))[0] for d in "AB")
+    dataset = UnalignedDataset(paths_A, paths_B, size * 286 // 256, size)
+    keys = list(EpochSampler(len(paths_A), len(paths_B), seed=0))[:n]
+    return summary(timed(lambda: dataset[keys.pop()], torch.device("cpu"), 0, len(keys)))
 
 
 def print_table(r):
     t, s = r["train_seconds_per_iteration"], r["translate_seconds_per_batch"]
     o = r["options"]
     print(f"device {r['device']} ({r['threads']} threads), torch {r['torch']}, size {o['size']}, "
-          f"batch {o['batch_size']}, amp {o['amp']}, channels_last {o['channels_last']}")
+          f"batch {o['batch_size']}, amp {r['amp']}, channels_last {o['channels_last']}, compile {o['compile']}")
     print(f"{'measure':<34}{'median':>10}{'min':>10}{'max':>10}")
     print(f"{'train s/iteration':<34}{t['median']:>10.4f}{t['min']:>10.4f}{t['max']:>10.4f}")
     print(f"{'translate s/batch':<34}{s['median']:>10.4f}{s['min']:>10.4f}{s['max']:>10.4f}")
@@ -122,6 +142,12 @@ def print_table(r):
     print(f"FLOP: {r['train_tflop_per_iteration']:.3f} TFLOP per iteration, {r['generator_gflop_per_image']:.1f} "
           f"GFLOP per generator forward per image; achieved {r['train_tflops_achieved']:.3f} TFLOP/s in training")
     print(f"peak memory {r['peak_memory_mib']:.0f} MiB")
+    if r["compile_seconds"] is not None:
+        print(f"compiling took {r['compile_seconds']:.1f} s (the first training iteration and translation)")
+    if r["data_seconds_per_pair"]:
+        d = r["data_seconds_per_pair"]
+        print(f"data: {d['median'] * 1000:.1f} ms (min {d['min'] * 1000:.1f}, max {d['max'] * 1000:.1f}) "
+              f"per training pair per worker, {1 / d['median']:.0f} pairs/s per worker")
 
 
 def main(argv=None):

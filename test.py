@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from datasets import ImageFiles, domain_dir, list_images
 from models import Generator, translate
-from utils import ArgumentParser, UserError, amp_dtype, default_workers, fail, load_weights, pick_device, report_skipped
+from utils import (ArgumentParser, UserError, add_amp_argument, amp_dtype, default_workers, fail, load_weights, pick_device,
+                   report_skipped, use_amp)
 
 DIRECTIONS = {"A2B": ("A", "G_A2B"), "B2A": ("B", "G_B2A")}
 
@@ -40,7 +41,7 @@ def build_parser():
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--batch_size", type=int, default=1,
                    help="images of one size translated together; more is faster on a GPU (default: 1)")
-    p.add_argument("--amp", action="store_true", help="translate in bf16 (or fp16) autocast, as train.py --amp")
+    add_amp_argument(p)
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="image-loading worker processes; 0 loads in the main process (default: 4, or the CPU count if lower)")
     return p
@@ -160,7 +161,7 @@ def run_direction(G, paths, results, direction, device, args):
     loader = torch.utils.data.DataLoader(ImageFiles(paths), batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda")
     done, writes = [], []
-    autocast = torch.autocast(device.type, dtype=amp_dtype(device), enabled=args.amp)
+    autocast = torch.autocast(device.type, dtype=amp_dtype(device), enabled=use_amp(args.amp, device))
     with ThreadPoolExecutor(max_workers=1) as writer, tqdm(desc=direction, total=len(paths)) as bar:
         for images, indices in same_size_batches(loader, args.batch_size):
             with autocast:

@@ -20,11 +20,14 @@ from tqdm import tqdm
 from datasets import EpochSampler, UnalignedDataset, domain_dir, ignore_stop_signals, list_images
 from models import Discriminator, Generator
 from utils import (LOSS_NAMES, ArgumentParser, Dashboard, ImagePool, LossLog, RunFailure, StopSignals, UserError,
-                   amp_dtype, atomic_save, atomic_write_text, default_workers, describe, fail, linear_decay, load_weights, pick_device,
-                   report_skipped, save_visuals)
+                   add_amp_argument, amp_dtype, atomic_save, atomic_write_text, default_workers, describe, fail,
+                   linear_decay, load_weights, pick_device, report_skipped, save_visuals, use_amp)
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
 CHECKPOINT_KEYS = {"model", "epoch", "batch", "iteration", "seconds", "options", "rng"}
+# Reading a loss makes the host wait for the GPU, so losses are read only every READ_EVERY
+# iterations (for the progress bar and the finiteness check) and at each --log_every.
+READ_EVERY = 10
 
 
 class CycleGAN:
@@ -47,8 +50,10 @@ class CycleGAN:
             net.to(self.device, memory_format=self.memory_format)
         generators = itertools.chain(self.G_A2B.parameters(), self.G_B2A.parameters())
         discriminators = itertools.chain(self.D_A.parameters(), self.D_B.parameters())
-        self.opt_G = torch.optim.Adam(generators, lr=lr, betas=(0.5, 0.999))
-        self.opt_D = torch.optim.Adam(discriminators, lr=lr, betas=(0.5, 0.999))
+        # The fused kernel updates all parameters in one pass; on CPU the default per-tensor
+        # loop took as long as a tenth of a 128x128 iteration (docs/benchmarks.md).
+        self.opt_G = torch.optim.Adam(generators, lr=lr, betas=(0.5, 0.999), fused=True)
+        self.opt_D = torch.optim.Adam(discriminators, lr=lr, betas=(0.5, 0.999), fused=True)
         # fp16 gradients need scaling against underflow; bf16 and fp32 ones do not.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.pool_A = ImagePool(pool_size, seed=2 * seed)  # generated A images, for D_A
@@ -61,6 +66,11 @@ class CycleGAN:
 
     def step(self, real_A, real_B):
         """One optimisation step on a batch from each domain; returns the losses as floats."""
+        return dict(zip(LOSS_NAMES, self.update(real_A, real_B).tolist()))
+
+    def update(self, real_A, real_B):
+        """`step` without waiting for the device: returns the five losses (in LOSS_NAMES order)
+        as one tensor still on it, so that a GPU can run ahead until someone reads them."""
         real_A = real_A.to(self.device, non_blocking=True, memory_format=self.memory_format)
         real_B = real_B.to(self.device, non_blocking=True, memory_format=self.memory_format)
         with self.autocast():
@@ -89,8 +99,7 @@ class CycleGAN:
 
         self.visuals = {"real_A": real_A, "fake_B": fake_B.detach(), "rec_A": rec_A.detach(),
                         "real_B": real_B, "fake_A": fake_A.detach(), "rec_B": rec_B.detach()}
-        losses = (loss_G, loss_G_GAN, loss_G_cycle, loss_G_identity, loss_D)
-        return {name: loss.item() for name, loss in zip(LOSS_NAMES, losses)}
+        return torch.stack((loss_G, loss_G_GAN, loss_G_cycle, loss_G_identity, loss_D)).detach()
 
     def _update(self, optimizer, loss):
         optimizer.zero_grad(set_to_none=True)
@@ -101,6 +110,12 @@ class CycleGAN:
     def _discriminator_loss(D, real, fake):
         # Halved so that D learns at half the rate of G, as in the paper.
         return 0.5 * (lsgan(D(real), True) + lsgan(D(fake.detach()), False))
+
+    def compile(self):
+        """torch.compile the four networks in place (their state_dict keys stay the same).
+        The first iterations then take minutes to compile; see README, Speed."""
+        for net in self.networks().values():
+            net.compile()
 
     def set_lr(self, lr):
         for group in self.opt_G.param_groups + self.opt_D.param_groups:
@@ -168,10 +183,10 @@ def build_parser():
     p.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first conv layer (default: 64)")
     p.add_argument("--n_blocks", type=int, default=9, help="residual blocks in each generator (default: 9)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--amp", action="store_true",
-                   help="mixed precision: bf16 autocast where supported, else fp16 with gradient scaling; "
-                   "losses stay fp32 (default: off; see docs/benchmarks.md)")
+    add_amp_argument(p)
     p.add_argument("--channels_last", action="store_true", help="channels-last memory format for networks and batches")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the networks: faster iterations after minutes of compiling at start-up")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="data-loading worker processes; 0 loads in the main process (default: 4, or the CPU count if lower)")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights, data order, crops and the buffers (default: 0)")
@@ -278,14 +293,18 @@ def train(args, checkpoint):
     prepare_output(args)
     model = CycleGAN(device=device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks, lr=args.lr,
                      lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
-                     pool_size=args.pool_size, seed=args.seed, amp=args.amp, channels_last=args.channels_last)
+                     pool_size=args.pool_size, seed=args.seed, amp=use_amp(args.amp, device),
+                     channels_last=args.channels_last)
+    if args.compile:
+        model.compile()
     epoch, batch, iteration, seconds = restore(model, checkpoint) if checkpoint else (0, 0, 0, 0.0)
     record = TrainingRecord(args, iteration, seconds)
 
     dataset = UnalignedDataset(paths_A, paths_B, args.load_size, args.size)
     batches_per_epoch = math.ceil(len(dataset) / args.batch_size)
+    precision = "fp32" if model.amp_dtype is None else f"{str(model.amp_dtype).removeprefix('torch.')} autocast"
     print(f"{len(paths_A)} A and {len(paths_B)} B images, {batches_per_epoch} iterations per epoch, "
-          f"device {device}, output {args.output}")
+          f"device {device} ({precision}), output {args.output}")
     sampler = EpochSampler(len(paths_A), len(paths_B), args.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                                          num_workers=args.workers, persistent_workers=args.workers > 0,
@@ -307,19 +326,22 @@ def train_epoch(model, bar, args, epoch, batch, iteration, record, stop):
     lr = args.lr * linear_decay(epoch, args.n_epochs, args.decay_epoch)
     model.set_lr(lr)
     for data in bar:
-        losses = model.step(data["A"], data["B"])
+        record.add(model.update(data["A"], data["B"]))
         iteration, batch = iteration + 1, batch + 1
-        check_finite(losses, iteration, epoch, args.output)
-        bar.set_postfix(record.add(losses), refresh=False)
+        save = iteration % args.save_every == 0 or stop.received
+        if iteration % READ_EVERY == 0 or iteration % args.log_every == 0 or save:
+            means = record.read(iteration, epoch)
+            bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in means.items()}, refresh=False)
         if iteration % args.log_every == 0:
-            record.flush(iteration, epoch + 1, lr)
+            record.flush(iteration, epoch + 1, lr, means)
         if iteration % args.sample_every == 0:
             record.sample(iteration, model.visuals)
-        if iteration % args.save_every == 0 or stop.received:
+        if save:
             save_run(model, args, epoch, batch, iteration, record.seconds())
         if stop.received:
             raise Interrupted(f"train.py: {stop.received.name}: saved iteration {iteration} in {args.output}; "
                               "continue with --resume", 128 + stop.received)
+    record.read(iteration, epoch)  # before the epoch-end checkpoint
     return iteration
 
 
@@ -335,14 +357,6 @@ def prepare_output(args):
         atomic_write_text(json.dumps(vars(args), indent=2) + "\n", os.path.join(args.output, "options.json"))
     except OSError as e:
         raise UserError(f"--output {args.output}: cannot write there ({e.strerror or e})")
-
-
-def check_finite(losses, iteration, epoch, output):
-    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
-    if bad:
-        name, value = next(iter(bad.items()))
-        raise RunFailure(f"{name} is {value} at iteration {iteration} (epoch {epoch + 1}); stopped without "
-                         f"saving, so {output}/checkpoint.pth keeps the last good state; try a lower --lr")
 
 
 def restore(model, checkpoint):
@@ -364,6 +378,7 @@ class TrainingRecord:
     which counts on from the checkpoint on resume."""
 
     def __init__(self, args, iteration, seconds):
+        self.output = args.output
         self.samples = os.path.join(args.output, "samples")
         self.log = LossLog(os.path.join(args.output, "losses.csv"))
         self.log.truncate_after(iteration)
@@ -371,25 +386,38 @@ class TrainingRecord:
             args.visdom_server, args.visdom_port, env=os.path.basename(os.path.normpath(args.output)),
             options=vars(args))
         self.start = time.perf_counter() - seconds
-        self.sums, self.count = dict.fromkeys(LOSS_NAMES, 0.0), 0
+        self.total, self.count, self.read_at = None, 0, iteration
 
     def seconds(self):
         return time.perf_counter() - self.start
 
     def add(self, losses):
-        """Add one step's losses; returns the running means for the progress bar."""
+        """Add one step's losses (a tensor on the training device; nothing waits for it)."""
+        self.total = losses if self.total is None else self.total + losses
         self.count += 1
-        for name, value in losses.items():
-            self.sums[name] += value
-        return {k.removeprefix("loss_"): f"{v / self.count:.3f}" for k, v in self.sums.items()}
 
-    def flush(self, iteration, epoch, lr):
-        means = {k: v / self.count for k, v in self.sums.items()}
+    def read(self, iteration, epoch):
+        """Wait for the device; returns the mean of each loss since the last flush. A loss that
+        is no longer finite stops the run before anything is saved from it."""
+        if not self.count:
+            return {}
+        means = dict(zip(LOSS_NAMES, (self.total / self.count).tolist()))
+        bad = [(name, value) for name, value in means.items() if not math.isfinite(value)]
+        if bad:
+            name, value = bad[0]
+            when = (f"at iteration {iteration}" if self.read_at + 1 == iteration
+                    else f"between iterations {self.read_at + 1} and {iteration}")
+            raise RunFailure(f"{name} became {value} {when} (epoch {epoch + 1}); stopped without saving, so "
+                             f"{self.output}/checkpoint.pth keeps the last good state; try a lower --lr")
+        self.read_at = iteration
+        return means
+
+    def flush(self, iteration, epoch, lr, means):
         self.log.append({"iteration": iteration, "epoch": epoch, **means, "lr": lr,
                          "seconds": round(self.seconds(), 3)})
         if self.dashboard:
             self.dashboard.plot(iteration, means)
-        self.sums, self.count = dict.fromkeys(LOSS_NAMES, 0.0), 0
+        self.total, self.count = None, 0
 
     def sample(self, iteration, visuals):
         save_visuals(visuals, os.path.join(self.samples, f"iter_{iteration:07d}.png"))

@@ -100,6 +100,21 @@ def pick_device(name):
     return device
 
 
+def add_amp_argument(parser):
+    parser.add_argument("--amp", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                        help="mixed precision: bf16 autocast where the device supports it, else fp16 (training "
+                        "then scales gradients); losses stay fp32. auto (the default) is on for CUDA GPUs with "
+                        "bf16 and off elsewhere; --amp alone means on (see docs/benchmarks.md)")
+
+
+def use_amp(choice, device):
+    """Resolve --amp auto|on|off for a device: auto is on only where bf16 runs natively on
+    a GPU; on CPUs without bf16 instructions autocast is several times slower."""
+    if choice == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return choice == "on"
+
+
 def amp_dtype(device):
     """The --amp precision: bf16 where the device supports it, else fp16 (with gradient scaling)."""
     if device.type == "cuda":

@@ -207,18 +207,25 @@ def sha256(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def test_a_non_finite_loss_stops_with_its_iteration_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
-    data, reference = uninterrupted
-    output = tmp_path / "run"
+def run_into_non_finite_losses(data, reference, output, *extra):
     shutil.copytree(reference, output)
     before = {name: sha256(output / name) for name in ("checkpoint.pth", *WEIGHTS)}
     result = run_script("train.py", "--dataroot", data, "--output", output, "--resume", "--n_epochs", "3",
-                        "--lr", "1e12", "--save_every", "1000")
+                        "--lr", "1e12", "--save_every", "1000", *extra)
     assert result.returncode == 1
-    message = result.stderr.strip().splitlines()[-1]
-    assert re.search(r"loss_\w+ is (nan|-?inf) at iteration (19|2\d) \(epoch 3\)", message), message
     assert "Traceback" not in result.stderr
     assert {name: sha256(output / name) for name in before} == before
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_a_non_finite_loss_stops_with_its_iteration_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
+    message = run_into_non_finite_losses(*uninterrupted, tmp_path / "run")  # --log_every 1: read every step
+    assert re.search(r"loss_\w+ became (nan|-?inf) at iteration (2\d|30) \(epoch 3\)", message), message
+
+
+def test_losses_read_every_ten_iterations_still_stop_a_non_finite_run_before_saving(uninterrupted, tmp_path):
+    message = run_into_non_finite_losses(*uninterrupted, tmp_path / "run", "--log_every", "1000")
+    assert re.search(r"loss_\w+ became (nan|-?inf) between iterations 21 and 30 \(epoch 3\)", message), message
 
 
 def test_weights_that_became_non_finite_are_never_saved(uninterrupted, tmp_path):

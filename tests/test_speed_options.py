@@ -1,4 +1,5 @@
-"""Mixed precision, channels-last and benchmark.py: same training, other arithmetic."""
+"""Mixed precision, channels-last, torch.compile and benchmark.py: same training, other arithmetic."""
+import csv
 import json
 import math
 
@@ -25,6 +26,23 @@ def test_bf16_amp_losses_track_fp32_to_bf16_precision():
         assert math.isfinite(amp[name])
 
 
+def test_amp_auto_is_off_on_a_cpu_and_the_bare_flag_means_on():
+    from utils import use_amp
+    parse = load_script("train.py").build_parser().parse_args
+    cpu = torch.device("cpu")
+    assert parse(["--dataroot", "d"]).amp == "auto" and not use_amp("auto", cpu)
+    assert parse(["--dataroot", "d", "--amp"]).amp == "on" and use_amp("on", cpu)
+    assert parse(["--dataroot", "d", "--amp", "off"]).amp == "off" and not use_amp("off", cpu)
+
+
+def test_training_names_the_precision_it_runs_in(dataset, tmp_path):
+    for flags, precision in (([], "fp32"), (["--amp"], "bfloat16 autocast")):
+        result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / precision, *TINY,
+                            "--n_epochs", "1", *flags)
+        assert result.returncode == 0, result.stderr
+        assert f"device cpu ({precision})" in result.stdout
+
+
 def test_amp_on_cpu_uses_bf16_without_a_gradient_scaler():
     model = CycleGAN(**SMALL, amp=True)
     assert model.amp_dtype == torch.bfloat16 and not model.scaler.is_enabled()
@@ -43,13 +61,29 @@ def test_training_with_amp_and_channels_last_runs_and_resumes(dataset, tmp_path)
     result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume", "--n_epochs", "2")
     assert result.returncode == 0, result.stderr
     options = torch.load(out / "checkpoint.pth", weights_only=True)["options"]
-    assert options["amp"] and options["channels_last"] and options["n_epochs"] == 2
+    assert options["amp"] == "on" and options["channels_last"] and options["n_epochs"] == 2
 
 
-def test_benchmark_reports_medians_flops_and_memory_as_json(tmp_path):
+def test_compiled_training_learns_what_eager_training_learns_and_saves_the_authors_keys(dataset, tmp_path):
+    from models import Generator
+    runs = {}
+    for name, flags in (("eager", []), ("compiled", ["--compile"])):
+        result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / name, *TINY,
+                            "--n_epochs", "1", "--log_every", "1", *flags, in_process=False)
+        assert result.returncode == 0, result.stderr
+        runs[name] = list(csv.DictReader(open(tmp_path / name / "losses.csv")))
+    assert len(runs["compiled"]) == len(runs["eager"]) == 7
+    for eager, compiled in zip(runs["eager"], runs["compiled"]):
+        for loss in ("loss_G", "loss_G_cycle", "loss_D"):
+            assert float(compiled[loss]) == pytest.approx(float(eager[loss]), rel=1e-3), (eager["iteration"], loss)
+    weights = torch.load(tmp_path / "compiled" / "netG_A2B.pth", weights_only=True)
+    Generator(ngf=8, n_blocks=2).load_state_dict(weights)  # strict: no "_orig_mod." prefixes
+
+
+def test_benchmark_reports_medians_flops_memory_and_data_time_as_json(dataset, tmp_path):
     out = tmp_path / "bench.json"
     result = run_script("benchmark.py", "--size", "32", "--ngf", "4", "--ndf", "4", "--n_blocks", "1",
-                        "--device", "cpu", "--iters", "3", "--warmup", "1", "--json", out)
+                        "--device", "cpu", "--iters", "3", "--warmup", "1", "--json", out, "--dataroot", dataset)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     train = report["train_seconds_per_iteration"]
@@ -58,6 +92,9 @@ def test_benchmark_reports_medians_flops_and_memory_as_json(tmp_path):
     assert report["train_tflop_per_iteration"] > 0 and report["generator_gflop_per_image"] > 0
     assert report["translate_images_per_second"] > 0 and report["peak_memory_mib"] > 0
     assert "train s/iteration" in result.stdout
+    data = report["data_seconds_per_pair"]
+    assert data["n"] == 7 and 0 < data["min"] <= data["median"] <= data["max"]  # 7 B images: 7 pairs an epoch
+    assert report["amp"] == "off" and report["compile_seconds"] is None
 
 
 def test_benchmark_flop_count_matches_the_generator_convolutions():

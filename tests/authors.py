@@ -1,0 +1,127 @@
+"""A transcription of the authors' CycleGANModel.optimize_parameters, kept in their structure:
+a GANLoss with target tensors, separate backward passes, python's random in the pool, Adam
+with its defaults. Their netG_A is our G_A2B, and their netD_A judges domain B, so it is our D_B.
+
+test_step.py pins our step to it; run as a script it times it as a baseline, beside
+benchmark.py:
+
+    python tests/authors.py --size 128 --iters 5
+"""
+import copy
+import itertools
+import os
+import random
+import sys
+
+import torch
+from torch import nn
+
+class AuthorsGANLoss(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("real_label", torch.tensor(1.0))
+        self.register_buffer("fake_label", torch.tensor(0.0))
+        self.loss = nn.MSELoss()
+
+    def __call__(self, prediction, target_is_real):
+        target = (self.real_label if target_is_real else self.fake_label).expand_as(prediction)
+        return self.loss(prediction, target)
+
+
+class AuthorsPool:
+    def __init__(self, pool_size, rng):
+        self.pool_size, self.num_imgs, self.images, self.rng = pool_size, 0, [], rng
+
+    def query(self, images):
+        if self.pool_size == 0:
+            return images
+        return_images = []
+        for image in images:
+            image = torch.unsqueeze(image.data, 0)
+            if self.num_imgs < self.pool_size:
+                self.num_imgs += 1
+                self.images.append(image)
+                return_images.append(image)
+            else:
+                p = self.rng.uniform(0, 1)
+                if p > 0.5:
+                    random_id = self.rng.randint(0, self.pool_size - 1)
+                    tmp = self.images[random_id].clone()
+                    self.images[random_id] = image
+                    return_images.append(tmp)
+                else:
+                    return_images.append(image)
+        return torch.cat(return_images, 0)
+
+
+class AuthorsCycleGAN:
+    def __init__(self, ours, lambda_A=10.0, lambda_B=10.0, lambda_idt=0.5, pool_size=2, seed=0):
+        self.netG_A, self.netG_B = copy.deepcopy(ours.G_A2B), copy.deepcopy(ours.G_B2A)
+        self.netD_A, self.netD_B = copy.deepcopy(ours.D_B), copy.deepcopy(ours.D_A)
+        self.lambda_A, self.lambda_B, self.lambda_idt = lambda_A, lambda_B, lambda_idt
+        self.fake_A_pool = AuthorsPool(pool_size, random.Random(2 * seed))
+        self.fake_B_pool = AuthorsPool(pool_size, random.Random(2 * seed + 1))
+        self.criterionGAN, self.criterionCycle, self.criterionIdt = AuthorsGANLoss(), nn.L1Loss(), nn.L1Loss()
+        self.optimizer_G = torch.optim.Adam(itertools.chain(self.netG_A.parameters(), self.netG_B.parameters()),
+                                            lr=2e-4, betas=(0.5, 0.999))
+        self.optimizer_D = torch.optim.Adam(itertools.chain(self.netD_A.parameters(), self.netD_B.parameters()),
+                                            lr=2e-4, betas=(0.5, 0.999))
+
+    def set_requires_grad(self, nets, requires_grad):
+        for net in nets:
+            for param in net.parameters():
+                param.requires_grad = requires_grad
+
+    def backward_D_basic(self, netD, real, fake):
+        loss_D = (self.criterionGAN(netD(real), True) + self.criterionGAN(netD(fake.detach()), False)) * 0.5
+        loss_D.backward()
+        return loss_D
+
+    def optimize_parameters(self, real_A, real_B):
+        self.real_A, self.real_B = real_A, real_B
+        self.fake_B = self.netG_A(self.real_A)
+        self.rec_A = self.netG_B(self.fake_B)
+        self.fake_A = self.netG_B(self.real_B)
+        self.rec_B = self.netG_A(self.fake_A)
+        self.set_requires_grad([self.netD_A, self.netD_B], False)
+        self.optimizer_G.zero_grad()
+        self.idt_A = self.netG_A(self.real_B)
+        self.loss_idt_A = self.criterionIdt(self.idt_A, self.real_B) * self.lambda_B * self.lambda_idt
+        self.idt_B = self.netG_B(self.real_A)
+        self.loss_idt_B = self.criterionIdt(self.idt_B, self.real_A) * self.lambda_A * self.lambda_idt
+        self.loss_G_A = self.criterionGAN(self.netD_A(self.fake_B), True)
+        self.loss_G_B = self.criterionGAN(self.netD_B(self.fake_A), True)
+        self.loss_cycle_A = self.criterionCycle(self.rec_A, self.real_A) * self.lambda_A
+        self.loss_cycle_B = self.criterionCycle(self.rec_B, self.real_B) * self.lambda_B
+        self.loss_G = (self.loss_G_A + self.loss_G_B + self.loss_cycle_A + self.loss_cycle_B
+                       + self.loss_idt_A + self.loss_idt_B)
+        self.loss_G.backward()
+        self.optimizer_G.step()
+        self.set_requires_grad([self.netD_A, self.netD_B], True)
+        self.optimizer_D.zero_grad()
+        self.loss_D_A = self.backward_D_basic(self.netD_A, self.real_B, self.fake_B_pool.query(self.fake_B))
+        self.loss_D_B = self.backward_D_basic(self.netD_B, self.real_A, self.fake_A_pool.query(self.fake_A))
+        self.optimizer_D.step()
+
+
+def main():
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmark import summary, timed
+    from train import CycleGAN
+    from utils import ArgumentParser
+    p = ArgumentParser(description="Time the authors' training step on the CPU, on synthetic images.")
+    for name, default in (("size", 128), ("batch_size", 1), ("warmup", 2), ("iters", 10)):
+        p.add_argument(f"--{name}", type=int, default=default, help=f"as benchmark.py (default: {default})")
+    args = p.parse_args()
+    ours = CycleGAN(device="cpu")
+    theirs = AuthorsCycleGAN(ours, pool_size=50)
+    g = torch.Generator().manual_seed(0)
+    real_A, real_B = (torch.rand(args.batch_size, 3, args.size, args.size, generator=g) * 2 - 1 for _ in "AB")
+    times = summary(timed(lambda: theirs.optimize_parameters(real_A, real_B), torch.device("cpu"),
+                          args.warmup, args.iters))
+    print(f"authors' step, cpu ({torch.get_num_threads()} threads), size {args.size}, batch {args.batch_size}: "
+          f"{times['median']:.4f} s/iteration median (min {times['min']:.4f}, max {times['max']:.4f}, n {times['n']})")
+
+
+if __name__ == "__main__":
+    main()
