@@ -6,6 +6,7 @@
 `main` is the training loop: data, progress bar, losses.csv, samples, visdom, checkpoints
 that resume exactly (`--resume`).
 """
+import contextlib
 import itertools
 import json
 import math
@@ -309,7 +310,7 @@ def train(args, checkpoint):
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                                          num_workers=args.workers, persistent_workers=args.workers > 0,
                                          pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
-    with StopSignals() as stop:
+    with StopSignals() as stop, contextlib.closing(record):  # closing: visdom gets what is queued
         for epoch in range(epoch, args.n_epochs):
             sampler.set_epoch(epoch, start=batch * args.batch_size)
             with tqdm(loader, desc=f"epoch {epoch + 1}/{args.n_epochs}", initial=batch,
@@ -384,7 +385,7 @@ class TrainingRecord:
         self.log.truncate_after(iteration)
         self.dashboard = None if args.no_visdom else Dashboard(
             args.visdom_server, args.visdom_port, env=os.path.basename(os.path.normpath(args.output)),
-            options=vars(args))
+            options=vars(args), history=self.log.rows)
         self.start = time.perf_counter() - seconds
         self.total, self.count, self.read_at = None, 0, iteration
 
@@ -413,16 +414,20 @@ class TrainingRecord:
         return means
 
     def flush(self, iteration, epoch, lr, means):
-        self.log.append({"iteration": iteration, "epoch": epoch, **means, "lr": lr,
-                         "seconds": round(self.seconds(), 3)})
+        row = {"iteration": iteration, "epoch": epoch, **means, "lr": lr, "seconds": round(self.seconds(), 3)}
+        self.log.append(row)
         if self.dashboard:
-            self.dashboard.plot(iteration, means)
+            self.dashboard.plot(row)
         self.total, self.count = None, 0
 
     def sample(self, iteration, visuals):
         save_visuals(visuals, os.path.join(self.samples, f"iter_{iteration:07d}.png"))
         if self.dashboard:
             self.dashboard.show(visuals)
+
+    def close(self):
+        if self.dashboard:
+            self.dashboard.close()
 
 
 def main(argv=None):

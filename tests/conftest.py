@@ -3,8 +3,10 @@ import contextlib
 import importlib.util
 import io
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -133,3 +135,34 @@ def one_cpu_thread():
 def single_thread():
     with one_cpu_thread():
         yield
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_visdom_server(port, env_path, module=False):
+    """A real visdom server on a loopback port, storing its environments in env_path. By
+    default it starts without visdom's check for web assets (the page is not needed);
+    `module=True` runs `python -m visdom.server` exactly as a user would."""
+    if module:
+        command = [sys.executable, "-m", "visdom.server", "-port", str(port), "-env_path", str(env_path)]
+    else:
+        command = [sys.executable, "-c", "import sys; from visdom.server.run_server import main; "
+                   f"sys.argv = ['visdom', '-port', '{port}', '-env_path', sys.argv[1]]; main()", str(env_path)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return server
+        time.sleep(0.2)
+    server.kill()
+    raise RuntimeError(f"visdom server did not start on port {port}")
+
+
+def stop(server):
+    server.terminate()
+    server.wait(timeout=30)

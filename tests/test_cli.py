@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import (ROOT, TINY, WEIGHTS, assert_same_weights, assert_user_error, load_script, make_dataset,
-                      run_script, save_generator)
+from conftest import (ROOT, TINY, WEIGHTS, assert_same_weights, assert_user_error, free_port, load_script,
+                      make_dataset, run_script, save_generator, start_visdom_server, stop)
 
 
 
@@ -173,7 +173,7 @@ def test_unreachable_visdom_warns_once_and_training_goes_on(dataset, tmp_path):
     result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "run", *args,
                         "--n_epochs", "2", "--log_every", "1", "--sample_every", "1", "--visdom_port", "9")
     assert result.returncode == 0, result.stderr
-    messages = [line for line in result.stderr.splitlines() if line.strip() and "%|" not in line]  # no progress bars
+    messages = re.findall(r"warning: .*", result.stderr)
     assert len(messages) == 1 and "python -m visdom.server -port 9" in messages[0], result.stderr
 
 
@@ -238,24 +238,10 @@ def test_results_inside_the_input_folder_are_refused(dataset, tmp_path):
 
 @pytest.fixture
 def visdom_port(tmp_path):
-    """A real visdom server on a free loopback port (its web assets are not needed here)."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    code = ("import sys; from visdom.server.run_server import main; "
-            f"sys.argv = ['visdom', '-port', '{port}', '-env_path', sys.argv[1]]; main()")
-    server = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "visdom_env")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.2)
+    port = free_port()
+    server = start_visdom_server(port, tmp_path / "visdom_env")
     yield port
-    server.terminate()
-    server.wait()
+    stop(server)
 
 
 def test_visdom_gets_a_plot_per_loss_and_the_six_image_panel(dataset, tmp_path, visdom_port):
@@ -269,7 +255,9 @@ def test_visdom_gets_a_plot_per_loss_and_the_six_image_panel(dataset, tmp_path, 
     windows = json.loads(visdom.Visdom(port=visdom_port, use_incoming_socket=False).get_window_data(env="myrun"))
     for name in ("loss_G", "loss_G_GAN", "loss_G_cycle", "loss_G_identity", "loss_D"):
         traces = windows[name]["content"]["data"]
-        assert [t["name"] for t in traces] == [name] and traces[0]["x"] == [2, 4, 6]
+        assert [t["name"] for t in traces] == [name, f"{name} (smoothed)"]
+        assert traces[0]["x"] == traces[1]["x"] == [2, 4, 6]
+    assert windows["lr"]["content"]["data"][0]["y"] == [1e-4] * 3  # 1 epoch, decaying from the start: lr/2
     assert windows["images"]["type"] == "image"
     assert windows["images"]["title"] == "real_A | fake_B | rec_A | real_B | fake_A | rec_B"
     assert windows["options"]["type"] == "text"
