@@ -4,6 +4,7 @@ training samples (an A image, a randomly drawn B image, the same augmentation as
 A dataset root holds `trainA/ trainB/ testA/ testB/` (the authors' layout) or
 `train/A train/B test/A test/B`.
 """
+import math
 import os
 import signal
 import sys
@@ -172,26 +173,33 @@ class EpochSampler(torch.utils.data.Sampler):
     larger), B is drawn at random for each sample, as in the authors' unaligned dataset.
     `start` skips the samples already trained on when resuming mid-epoch. The DataLoader
     iterates its sampler in the main process, so `set_epoch` reaches persistent workers.
+
+    Under torchrun, process `rank` of `world_size` takes every world_size-th triple of the
+    rest of the epoch, like torch's DistributedSampler: the processes see different pairs,
+    and as many each (the last few triples are repeated to make up the count). The sequence
+    does not depend on the number of processes, so a run can resume with another one.
     """
 
-    def __init__(self, n_A, n_B, seed, epoch=0, start=0):
+    def __init__(self, n_A, n_B, seed, epoch=0, start=0, rank=0, world_size=1):
         self.n_A, self.n_B, self.seed = n_A, n_B, seed
         self.n = max(n_A, n_B)
+        self.rank, self.world_size = rank, world_size
         self.set_epoch(epoch, start)
 
     def set_epoch(self, epoch, start=0):
         self.epoch_seed, self.start = self.seed * 100_003 + epoch, start
 
     def __len__(self):
-        return max(0, self.n - self.start)
+        return math.ceil(max(0, self.n - self.start) / self.world_size)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.epoch_seed)
         order = torch.randperm(self.n, generator=g) % self.n_A
         draws_B = torch.randint(0, self.n_B, (self.n,), generator=g)
         seeds = torch.randint(0, 2**62, (self.n,), generator=g)
-        triples = zip(order.tolist(), draws_B.tolist(), seeds.tolist())
-        return iter(list(triples)[self.start:])
+        rest = list(zip(order.tolist(), draws_B.tolist(), seeds.tolist()))[self.start:]
+        rest += (rest * self.world_size)[:len(self) * self.world_size - len(rest)]
+        return iter(rest[self.rank::self.world_size])
 
 
 class ImageFiles(torch.utils.data.Dataset):

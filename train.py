@@ -7,15 +7,19 @@
 that resume exactly (`--resume`).
 """
 import contextlib
+import hashlib
 import itertools
 import json
 import math
 import os
+import signal
 import sys
 import time
 
 import torch
+from torch import distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from datasets import EpochSampler, UnalignedDataset, domain_dir, ignore_stop_signals, list_images
@@ -25,7 +29,7 @@ from utils import (LOSS_NAMES, ArgumentParser, Dashboard, ImagePool, LossLog, Ru
                    linear_decay, load_weights, pick_device, report_skipped, save_visuals, use_amp)
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
-CHECKPOINT_KEYS = {"model", "epoch", "batch", "iteration", "seconds", "options", "rng"}
+CHECKPOINT_KEYS = {"model", "epoch", "position", "iteration", "seconds", "options", "rng"}
 # Reading a loss makes the host wait for the GPU, so losses are read only every READ_EVERY
 # iterations (for the progress bar and the finiteness check) and at each --log_every.
 READ_EVERY = 10
@@ -36,7 +40,7 @@ class CycleGAN:
     D_B domain-B images), their two Adam optimisers and the two replay buffers."""
 
     def __init__(self, device="cpu", ngf=64, ndf=64, n_blocks=9, lr=2e-4, lambda_cycle=10.0,
-                 lambda_identity=0.5, pool_size=50, seed=0, amp=False, channels_last=False):
+                 lambda_identity=0.5, pool_size=50, seed=0, amp=False, channels_last=False, rank=0):
         self.device = torch.device(device)
         self.lambda_cycle, self.lambda_identity = lambda_cycle, lambda_identity
         self.amp_dtype = amp_dtype(self.device) if amp else None
@@ -57,8 +61,10 @@ class CycleGAN:
         self.opt_D = torch.optim.Adam(discriminators, lr=lr, betas=(0.5, 0.999), fused=True)
         # fp16 gradients need scaling against underflow; bf16 and fp32 ones do not.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.pool_A = ImagePool(pool_size, seed=2 * seed)  # generated A images, for D_A
-        self.pool_B = ImagePool(pool_size, seed=2 * seed + 1)  # generated B images, for D_B
+        # Each torchrun process keeps its own buffers, with its own random stream.
+        self.pool_A = ImagePool(pool_size, seed=2 * seed + 1_000_003 * rank)  # generated A images, for D_A
+        self.pool_B = ImagePool(pool_size, seed=2 * seed + 1 + 1_000_003 * rank)  # generated B images, for D_B
+        self.synced = {}  # DistributedDataParallel wrappers of the networks, under torchrun
         self.visuals = {}
 
     def autocast(self):
@@ -74,27 +80,30 @@ class CycleGAN:
         as one tensor still on it, so that a GPU can run ahead until someone reads them."""
         real_A = real_A.to(self.device, non_blocking=True, memory_format=self.memory_format)
         real_B = real_B.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        G_A2B, G_B2A, D_A, D_B = (self.synced.get(name, net) for name, net in self.networks().items())
         with self.autocast():
-            fake_B = self.G_A2B(real_A)
-            rec_A = self.G_B2A(fake_B)
-            fake_A = self.G_B2A(real_B)
-            rec_B = self.G_A2B(fake_A)
+            fake_B = G_A2B(real_A)
+            rec_A = G_B2A(fake_B)
+            fake_A = G_B2A(real_B)
+            rec_B = G_A2B(fake_A)
 
+            # The discriminators are frozen here and called unwrapped: their gradient is not
+            # wanted, and a DistributedDataParallel wrapper would wait for it.
             _set_requires_grad((self.D_A, self.D_B), False)
             loss_G_GAN = lsgan(self.D_B(fake_B), True) + lsgan(self.D_A(fake_A), True)
             loss_G_cycle = self.lambda_cycle * (l1(rec_A, real_A) + l1(rec_B, real_B))
             loss_G_identity = torch.zeros((), device=self.device)
             if self.lambda_identity > 0:
                 # G_A2B should leave a B image unchanged, G_B2A an A image (Taigman et al.).
-                identity = l1(self.G_A2B(real_B), real_B) + l1(self.G_B2A(real_A), real_A)
+                identity = l1(G_A2B(real_B), real_B) + l1(G_B2A(real_A), real_A)
                 loss_G_identity = self.lambda_cycle * self.lambda_identity * identity
             loss_G = loss_G_GAN + loss_G_cycle + loss_G_identity
         self._update(self.opt_G, loss_G)
 
         _set_requires_grad((self.D_A, self.D_B), True)
         with self.autocast():
-            loss_D = (self._discriminator_loss(self.D_A, real_A, self.pool_A.query(fake_A))
-                      + self._discriminator_loss(self.D_B, real_B, self.pool_B.query(fake_B)))
+            loss_D = (self._discriminator_loss(D_A, real_A, self.pool_A.query(fake_A))
+                      + self._discriminator_loss(D_B, real_B, self.pool_B.query(fake_B)))
         self._update(self.opt_D, loss_D)
         self.scaler.update()
 
@@ -118,6 +127,14 @@ class CycleGAN:
         for net in self.networks().values():
             net.compile()
 
+    def distribute(self):
+        """Average gradients over the torchrun processes with DistributedDataParallel (which
+        also copies rank 0's weights to all). The plain networks stay the ones saved, so the
+        state_dict keys do not change."""
+        devices = [self.device] if self.device.type == "cuda" else None
+        self.synced = {name: DistributedDataParallel(net, device_ids=devices)
+                       for name, net in self.networks().items()}
+
     def set_lr(self, lr):
         for group in self.opt_G.param_groups + self.opt_D.param_groups:
             group["lr"] = lr
@@ -139,6 +156,8 @@ class CycleGAN:
         if state.get("scaler"):  # empty unless the run used fp16
             self.scaler.load_state_dict(state["scaler"])
         for name, pool in (("pool_A", self.pool_A), ("pool_B", self.pool_B)):
+            if name not in state:  # a torchrun process other than rank 0 starts with empty buffers
+                continue
             pool_state = dict(state[name])
             pool_state["images"] = [im.to(self.device) for im in pool_state["images"]]
             pool.load_state_dict(pool_state)
@@ -265,84 +284,134 @@ def check_args(args):
             raise UserError(message)
 
 
-def save_run(model, args, epoch, batch, iteration, seconds):
+def save_run(model, args, launch, epoch, position, iteration, seconds):
     """Bare generator and discriminator weights, then the full checkpoint, each written
     atomically so that a kill at any moment leaves the previous complete files. Weights
-    that are no longer finite are never written over good ones."""
+    that are no longer finite are never written over good ones. Under torchrun every process
+    checks that all hold the same weights, and rank 0 writes."""
     for name, net in model.networks().items():
         if not all(torch.isfinite(p).all() for p in net.parameters()):
             raise RunFailure(f"{name} has non-finite weights at iteration {iteration}; nothing saved, "
                              f"{args.output}/checkpoint.pth keeps the last good state; try a lower --lr")
+    if launch.world_size > 1:
+        check_same_weights(model, launch.world_size)
+    if launch.rank != 0:
+        return
     for name, net in model.networks().items():
         atomic_save(net.state_dict(), os.path.join(args.output, f"net{name}.pth"))
-    checkpoint = {"model": model.state_dict(), "epoch": epoch, "batch": batch, "iteration": iteration,
-                  "seconds": seconds, "options": vars(args),
+    checkpoint = {"model": model.state_dict(), "epoch": epoch, "position": position, "iteration": iteration,
+                  "seconds": seconds, "options": vars(args), "world_size": launch.world_size,
                   "rng": {"torch": torch.get_rng_state(),
                           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
     atomic_save(checkpoint, os.path.join(args.output, "checkpoint.pth"))
 
 
-def train(args, checkpoint):
-    device = pick_device(args.device)
+def check_same_weights(model, world_size):
+    """All processes must hold bit-identical weights; compare their SHA-256 digests."""
+    digest = hashlib.sha256()
+    for net in model.networks().values():
+        for tensor in net.state_dict().values():
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+    digests = [None] * world_size
+    dist.all_gather_object(digests, digest.hexdigest())
+    if len(set(digests)) > 1:
+        raise RunFailure("the torchrun processes no longer hold the same weights; nothing saved")
+
+
+class Launch:
+    """This process's place in a torchrun launch, and its device: rank 0 of 1 without torchrun.
+    Under torchrun the process group is set up here (NCCL on CUDA, gloo on the CPU), and
+    each process uses the GPU of its LOCAL_RANK."""
+
+    def __init__(self, device_name):
+        self.rank, self.world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.torchrun = "LOCAL_RANK" in os.environ
+        self.device = pick_device(device_name)
+        if self.torchrun:
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    def close(self):
+        if self.torchrun and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(args, checkpoint, launch):
+    device = launch.device
     # Training crops all have one size, so cuDNN may pick the fastest algorithms once.
     torch.backends.cudnn.benchmark = True
+    writer = launch.rank == 0
     (paths_A, skipped_A), (paths_B, skipped_B) = (list_images(domain_dir(args.dataroot, "train", d)) for d in "AB")
-    report_skipped(skipped_A + skipped_B)
+    if writer:
+        report_skipped(skipped_A + skipped_B)
     if checkpoint is None and os.path.exists(os.path.join(args.output, "checkpoint.pth")):
         raise UserError(f"{args.output} already holds a run; add --resume to continue it, "
                         "or choose another --output")
-    prepare_output(args)
+    if writer:
+        prepare_output(args)
     model = CycleGAN(device=device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks, lr=args.lr,
                      lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
                      pool_size=args.pool_size, seed=args.seed, amp=use_amp(args.amp, device),
-                     channels_last=args.channels_last)
+                     channels_last=args.channels_last, rank=launch.rank)
+    epoch, position, iteration, seconds = restore(model, checkpoint, launch) if checkpoint else (0, 0, 0, 0.0)
     if args.compile:
         model.compile()
-    epoch, batch, iteration, seconds = restore(model, checkpoint) if checkpoint else (0, 0, 0, 0.0)
-    record = TrainingRecord(args, iteration, seconds)
+    if launch.torchrun:
+        model.distribute()
+    record = TrainingRecord(args, iteration, seconds, launch)
 
     dataset = UnalignedDataset(paths_A, paths_B, args.load_size, args.size)
-    batches_per_epoch = math.ceil(len(dataset) / args.batch_size)
-    precision = "fp32" if model.amp_dtype is None else f"{str(model.amp_dtype).removeprefix('torch.')} autocast"
-    print(f"{len(paths_A)} A and {len(paths_B)} B images, {batches_per_epoch} iterations per epoch, "
-          f"device {device} ({precision}), output {args.output}")
-    sampler = EpochSampler(len(paths_A), len(paths_B), args.seed)
+    sampler = EpochSampler(len(paths_A), len(paths_B), args.seed, rank=launch.rank, world_size=launch.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                                          num_workers=args.workers, persistent_workers=args.workers > 0,
                                          pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
-    with StopSignals() as stop, contextlib.closing(record):  # closing: visdom gets what is queued
+    step = args.batch_size * launch.world_size  # training pairs per iteration, all processes together
+    precision = "fp32" if model.amp_dtype is None else f"{str(model.amp_dtype).removeprefix('torch.')} autocast"
+    if writer:
+        processes = f", {launch.world_size} process(es) x batch {args.batch_size} = global batch {step}"
+        print(f"{len(paths_A)} A and {len(paths_B)} B images, {math.ceil(len(sampler) / args.batch_size)} iterations "
+              f"per epoch{processes if launch.torchrun else ''}, device {device} ({precision}), output {args.output}")
+    with StopSignals(second_quits=not launch.torchrun) as stop, contextlib.closing(record):
         for epoch in range(epoch, args.n_epochs):
-            sampler.set_epoch(epoch, start=batch * args.batch_size)
-            with tqdm(loader, desc=f"epoch {epoch + 1}/{args.n_epochs}", initial=batch,
-                      total=batches_per_epoch, dynamic_ncols=True) as bar:
-                iteration = train_epoch(model, bar, args, epoch, batch, iteration, record, stop)
-            batch = 0
-            save_run(model, args, epoch + 1, 0, iteration, record.seconds())
-    print(f"done after {args.n_epochs} epochs and {iteration} iterations; weights in {args.output}")
+            sampler.set_epoch(epoch, start=position)
+            with tqdm(loader, desc=f"epoch {epoch + 1}/{args.n_epochs}", initial=position // step,
+                      total=position // step + len(loader), dynamic_ncols=True, disable=not writer) as bar:
+                iteration = train_epoch(model, bar, args, launch, epoch, position, iteration, record, stop)
+            position = 0
+            save_run(model, args, launch, epoch + 1, 0, iteration, record.seconds())
+    if writer:
+        same = f"; the {launch.world_size} processes ended with identical weights" if launch.world_size > 1 else ""
+        print(f"done after {args.n_epochs} epochs and {iteration} iterations{same}; weights in {args.output}")
 
 
-def train_epoch(model, bar, args, epoch, batch, iteration, record, stop):
-    """Train on the batches of `bar` (the rest of one epoch, which has done `batch` batches);
-    returns the iteration count at its end. On SIGINT/SIGTERM, saves and raises Interrupted."""
+def train_epoch(model, bar, args, launch, epoch, position, iteration, record, stop):
+    """Train on the batches of `bar` (the rest of one epoch, `position` training pairs into
+    it); returns the iteration count at its end. On SIGINT/SIGTERM, saves and raises
+    Interrupted: at once in a single process, under torchrun at the next read of the losses,
+    where the processes agree to stop together."""
     lr = args.lr * linear_decay(epoch, args.n_epochs, args.decay_epoch)
     model.set_lr(lr)
+    stopping = False
     for data in bar:
         record.add(model.update(data["A"], data["B"]))
-        iteration, batch = iteration + 1, batch + 1
-        save = iteration % args.save_every == 0 or stop.received
-        if iteration % READ_EVERY == 0 or iteration % args.log_every == 0 or save:
-            means = record.read(iteration, epoch)
+        iteration, position = iteration + 1, position + args.batch_size * launch.world_size
+        due = [iteration % n == 0 for n in (READ_EVERY, args.log_every, args.sample_every, args.save_every)]
+        if due[0] or due[1] or due[3] or (stop.received and not launch.torchrun):
+            means, stopping = record.read(iteration, epoch, stop.received)
             bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in means.items()}, refresh=False)
-        if iteration % args.log_every == 0:
+        if due[1]:
             record.flush(iteration, epoch + 1, lr, means)
-        if iteration % args.sample_every == 0:
+        if due[2]:
             record.sample(iteration, model.visuals)
-        if save:
-            save_run(model, args, epoch, batch, iteration, record.seconds())
-        if stop.received:
-            raise Interrupted(f"train.py: {stop.received.name}: saved iteration {iteration} in {args.output}; "
-                              "continue with --resume", 128 + stop.received)
-    record.read(iteration, epoch)  # before the epoch-end checkpoint
+        if due[3] or stopping:
+            save_run(model, args, launch, epoch, position, iteration, record.seconds())
+        if stopping:
+            signum = stop.received or signal.SIGTERM  # another process was signalled
+            raise Interrupted(f"train.py: {signum.name}: saved iteration {iteration} in {args.output}; "
+                              "continue with --resume", 128 + signum)
+    record.read(iteration, epoch, stop.received)  # before the epoch-end checkpoint
     return iteration
 
 
@@ -360,30 +429,38 @@ def prepare_output(args):
         raise UserError(f"--output {args.output}: cannot write there ({e.strerror or e})")
 
 
-def restore(model, checkpoint):
-    """Load a checkpoint into the model; returns where the run stopped."""
+def restore(model, checkpoint, launch):
+    """Load a checkpoint into the model; returns where the run stopped. Under torchrun the
+    processes other than rank 0 start with empty replay buffers."""
+    state = dict(checkpoint["model"])
+    if launch.rank != 0:
+        state.pop("pool_A"), state.pop("pool_B")
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as e:
         raise UserError(f"--resume: the checkpoint's weights do not fit its options ({describe(e)})")
     torch.set_rng_state(checkpoint["rng"]["torch"])
     if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-    print(f"resuming at epoch {checkpoint['epoch'] + 1}, iteration {checkpoint['iteration']}")
-    return checkpoint["epoch"], checkpoint["batch"], checkpoint["iteration"], checkpoint["seconds"]
+    if launch.rank == 0:
+        print(f"resuming at epoch {checkpoint['epoch'] + 1}, iteration {checkpoint['iteration']}")
+    return checkpoint["epoch"], checkpoint["position"], checkpoint["iteration"], checkpoint["seconds"]
 
 
 class TrainingRecord:
     """What a run shows and keeps besides its weights: the mean of each loss over every
     --log_every iterations (losses.csv and visdom), sample grids, and the training clock,
-    which counts on from the checkpoint on resume."""
+    which counts on from the checkpoint on resume. Under torchrun the losses are averaged
+    over the processes, and rank 0 alone writes and plots."""
 
-    def __init__(self, args, iteration, seconds):
-        self.output = args.output
+    def __init__(self, args, iteration, seconds, launch):
+        self.output, self.world_size = args.output, launch.world_size
+        self.writer = launch.rank == 0
         self.samples = os.path.join(args.output, "samples")
         self.log = LossLog(os.path.join(args.output, "losses.csv"))
-        self.log.truncate_after(iteration)
-        self.dashboard = None if args.no_visdom else Dashboard(
+        if self.writer:
+            self.log.truncate_after(iteration)
+        self.dashboard = None if args.no_visdom or not self.writer else Dashboard(
             args.visdom_server, args.visdom_port, env=os.path.basename(os.path.normpath(args.output)),
             options=vars(args), history=self.log.rows)
         self.start = time.perf_counter() - seconds
@@ -397,12 +474,18 @@ class TrainingRecord:
         self.total = losses if self.total is None else self.total + losses
         self.count += 1
 
-    def read(self, iteration, epoch):
-        """Wait for the device; returns the mean of each loss since the last flush. A loss that
-        is no longer finite stops the run before anything is saved from it."""
+    def read(self, iteration, epoch, stop_signal):
+        """Wait for the device; returns the mean of each loss since the last flush, and whether
+        any process received a stop signal. A loss that is no longer finite stops the run
+        before anything is saved from it."""
         if not self.count:
-            return {}
-        means = dict(zip(LOSS_NAMES, (self.total / self.count).tolist()))
+            return {}, bool(stop_signal)
+        values = torch.cat([self.total / self.count, torch.tensor([float(bool(stop_signal))], device=self.total.device)])
+        if self.world_size > 1:
+            dist.all_reduce(values)  # one exchange for the losses and the stop flags
+            values[:-1] /= self.world_size
+        *losses, stops = values.tolist()
+        means = dict(zip(LOSS_NAMES, losses))
         bad = [(name, value) for name, value in means.items() if not math.isfinite(value)]
         if bad:
             name, value = bad[0]
@@ -411,17 +494,19 @@ class TrainingRecord:
             raise RunFailure(f"{name} became {value} {when} (epoch {epoch + 1}); stopped without saving, so "
                              f"{self.output}/checkpoint.pth keeps the last good state; try a lower --lr")
         self.read_at = iteration
-        return means
+        return means, stops > 0
 
     def flush(self, iteration, epoch, lr, means):
         row = {"iteration": iteration, "epoch": epoch, **means, "lr": lr, "seconds": round(self.seconds(), 3)}
-        self.log.append(row)
+        if self.writer:
+            self.log.append(row)
         if self.dashboard:
             self.dashboard.plot(row)
         self.total, self.count = None, 0
 
     def sample(self, iteration, visuals):
-        save_visuals(visuals, os.path.join(self.samples, f"iter_{iteration:07d}.png"))
+        if self.writer:
+            save_visuals(visuals, os.path.join(self.samples, f"iter_{iteration:07d}.png"))
         if self.dashboard:
             self.dashboard.show(visuals)
 
@@ -431,20 +516,41 @@ class TrainingRecord:
 
 
 def main(argv=None):
+    launch = None
     try:
         args, checkpoint = parse_args(argv)
-        train(args, checkpoint)
+        launch = Launch(args.device)
+        train(args, checkpoint, launch)
     except UserError as e:
-        fail(f"train.py: error: {e}")
+        report(f"error: {e}", 2, launch)
     except RunFailure as e:
-        fail(f"train.py: error: {e}", status=1)
+        report(f"error: {e}", 1, launch)
     except Interrupted as e:
-        fail(*e.args)
+        message, status = e.args
+        fail(message if launch.rank == 0 else "", status)  # the processes stopped together
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C
-        fail("train.py: interrupted; files on disk are complete, continue with --resume if a checkpoint was saved", 130)
+        report("interrupted; files on disk are complete, continue with --resume if a checkpoint was saved",
+               130, launch)
     except OSError as e:  # a full disk or a vanished folder while writing; files are written atomically
-        fail(f"train.py: error: {e.strerror or e}: {e.filename or ''}; the last complete checkpoint "
-             "is intact, continue with --resume once this is fixed", status=1)
+        report(f"error: {e.strerror or e}: {e.filename or ''}; the last complete checkpoint is intact, "
+               "continue with --resume once this is fixed", 1, launch)
+    except (dist.DistError, RuntimeError) as e:
+        if not (launch and launch.torchrun):
+            raise
+        report(f"error: {describe(e)}; under torchrun this usually means that another process stopped "
+               "first (see its message) or that the network failed", 1, launch)
+    finally:
+        if launch:
+            launch.close()
+
+
+def report(message, status, launch):
+    """One line on stderr, then exit. Under torchrun a mistake found before the processes
+    connect is the same in all of them and is reported by the first process on each machine;
+    later ones are reported by every process that meets them, with its rank."""
+    if launch is None:
+        fail(f"train.py: {message}" if int(os.environ.get("LOCAL_RANK", 0)) == 0 else "", status)
+    fail(f"train.py (rank {launch.rank}): {message}" if launch.world_size > 1 else f"train.py: {message}", status)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def fail(message, status=2):
-    print(message, file=sys.stderr)
+    if message:
+        print(message, file=sys.stderr)
     sys.exit(status)
 
 
@@ -60,9 +61,13 @@ def report_skipped(skipped, limit=20):
 class StopSignals:
     """While active, SIGINT (Ctrl-C) and SIGTERM (what cluster schedulers send before a job's
     time runs out) only set `received`, so the training loop can save a checkpoint at the
-    next step boundary and exit; a second signal acts as usual."""
+    next step boundary and exit; a second signal acts as usual, unless `second_quits` is
+    False (under torchrun, whose agent follows a Ctrl-C with a SIGTERM of its own)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, second_quits=True):
+        self.second_quits = second_quits
 
     def __enter__(self):
         self.received = None
@@ -70,8 +75,9 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame):
-        self.received = signal.Signals(signum)
-        self._restore()
+        self.received = self.received or signal.Signals(signum)
+        if self.second_quits:
+            self._restore()
 
     def _restore(self):
         for s, handler in self.previous.items():

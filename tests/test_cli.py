@@ -38,7 +38,7 @@ def test_two_epochs_of_training_then_translation_end_to_end(dataset, tmp_path):
     assert sorted(os.listdir(os.path.join(out, "samples"))) == ["iter_0000005.png", "iter_0000010.png"]
     assert Image.open(os.path.join(out, "samples", "iter_0000005.png")).size == (3 * 34 + 2, 2 * 34 + 2)
     checkpoint = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=True)
-    assert (checkpoint["epoch"], checkpoint["batch"], checkpoint["iteration"]) == (2, 0, 14)
+    assert (checkpoint["epoch"], checkpoint["position"], checkpoint["iteration"]) == (2, 0, 14)
 
     results = str(tmp_path / "results")
     result = run_script("test.py", "--dataroot", dataset, "--weights", out, "--results", results,
