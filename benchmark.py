@@ -9,6 +9,7 @@ compile time; with --dataroot, how long one worker takes to decode and augment a
 pair. Prints a table and writes JSON (--json).
 """
 import json
+import os
 import platform
 import resource
 import statistics
@@ -20,8 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from datasets import EpochSampler, UnalignedDataset, domain_dir, list_images
 from models import translate
-from train import CycleGAN
-from utils import ArgumentParser, UserError, add_amp_argument, fail, pick_device, use_amp
+from train import MIN_SIZE, CycleGAN
+from utils import ArgumentParser, UserError, add_amp_argument, fail, pick_device, require, use_amp
 
 
 def build_parser():
@@ -40,6 +41,14 @@ def build_parser():
     p.add_argument("--iters", type=int, default=10, help="timed training iterations (default: 10)")
     p.add_argument("--json", help="also write the results to this JSON file")
     return p
+
+
+def check_args(args):
+    """The checks shared with tests/authors.py."""
+    if args.size < MIN_SIZE or args.size % 4:
+        raise UserError(f"--size {args.size}: must be a multiple of 4 and at least {MIN_SIZE}")
+    require(args, 1, "batch_size", "iters")
+    require(args, 0, "warmup")
 
 
 def sync(device):
@@ -78,8 +87,10 @@ def peak_memory_mib(device):
 
 
 def run(args):
-    if args.size <= 0 or args.size % 4 or args.batch_size < 1 or args.iters < 1 or args.warmup < 0:
-        raise UserError("--size must be a positive multiple of 4; --batch_size and --iters at least 1")
+    check_args(args)
+    require(args, 1, "ngf", "ndf", "n_blocks")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise UserError(f"--json {args.json}: no such folder")
     device = pick_device(args.device)
     model = CycleGAN(device=device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks,
                      amp=use_amp(args.amp, device), channels_last=args.channels_last)
@@ -139,8 +150,8 @@ def print_table(r):
     print(f"{'translate s/batch':<34}{s['median']:>10.4f}{s['min']:>10.4f}{s['max']:>10.4f}")
     print(f"train iterations/s {r['train_iterations_per_second']:.3f}; translate images/s "
           f"{r['translate_images_per_second']:.2f}")
-    print(f"FLOP: {r['train_tflop_per_iteration']:.3f} TFLOP per iteration, {r['generator_gflop_per_image']:.1f} "
-          f"GFLOP per generator forward per image; achieved {r['train_tflops_achieved']:.3f} TFLOP/s in training")
+    print(f"FLOP: {r['train_tflop_per_iteration'] * 1000:.4g} GFLOP per iteration, {r['generator_gflop_per_image']:.4g} "
+          f"GFLOP per generator forward per image; achieved {r['train_tflops_achieved']:.3g} TFLOP/s in training")
     print(f"peak memory {r['peak_memory_mib']:.0f} MiB")
     if r["compile_seconds"] is not None:
         print(f"compiling took {r['compile_seconds']:.1f} s (the first training iteration and translation)")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from datasets import ImageFiles, domain_dir, list_images
 from models import Generator, translate
 from utils import (ArgumentParser, UserError, add_amp_argument, amp_dtype, default_workers, fail, load_weights, pick_device,
-                   report_skipped, use_amp)
+                   precision_name, report_skipped, require, use_amp)
 
 DIRECTIONS = {"A2B": ("A", "G_A2B"), "B2A": ("B", "G_B2A")}
 
@@ -49,8 +49,8 @@ def build_parser():
 
 def resolve(args):
     """Check the options, fill in the defaults that depend on others; returns {direction: input folder}."""
-    if args.workers < 0 or min(args.ngf or 1, args.n_blocks or 1, args.batch_size) < 1:
-        raise UserError("--workers must be >= 0, and --ngf, --n_blocks and --batch_size at least 1")
+    require(args, 0, "workers")
+    require(args, 1, "ngf", "n_blocks", "batch_size")
     if args.dataroot is not None:
         directions = ("A2B", "B2A") if args.direction in (None, "both") else (args.direction,)
         inputs = {d: domain_dir(args.dataroot, "test", DIRECTIONS[d][0]) for d in directions}
@@ -224,6 +224,7 @@ def main(argv=None):
     except UserError as e:
         fail(f"test.py: error: {e}")
     report_skipped([entry for _, skipped in scans.values() for entry in skipped])
+    print(f"device {device} ({precision_name(amp_dtype(device) if use_amp(args.amp, device) else None)})")
     try:
         done = {d: run_direction(generators[d], scans[d][0], args.results, d, device, args) for d in inputs}
     except KeyboardInterrupt:

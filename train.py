@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import signal
@@ -26,13 +27,15 @@ from datasets import EpochSampler, UnalignedDataset, domain_dir, ignore_stop_sig
 from models import Discriminator, Generator
 from utils import (LOSS_NAMES, ArgumentParser, Dashboard, ImagePool, LossLog, RunFailure, StopSignals, UserError,
                    add_amp_argument, amp_dtype, atomic_save, atomic_write_text, default_workers, describe, fail,
-                   linear_decay, load_weights, pick_device, report_skipped, save_visuals, use_amp)
+                   linear_decay, load_weights, pick_device, precision_name, report_skipped, require, save_visuals,
+                   use_amp)
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
 CHECKPOINT_KEYS = {"model", "epoch", "position", "iteration", "seconds", "options", "rng"}
 # Reading a loss makes the host wait for the GPU, so losses are read only every READ_EVERY
 # iterations (for the progress bar and the finiteness check) and at each --log_every.
 READ_EVERY = 10
+MIN_SIZE = 24  # smaller crops leave the discriminator's later layers a single pixel to normalise
 
 
 class CycleGAN:
@@ -219,7 +222,8 @@ def build_parser():
     p.add_argument("--save_every", type=int, default=5000,
                    help="iterations between checkpoints, besides the one at every epoch end (default: 5000)")
     p.add_argument("--no_visdom", action="store_true", help="do not send plots and images to visdom")
-    p.add_argument("--visdom_server", default="http://localhost", help="visdom server address (default: http://localhost)")
+    p.add_argument("--visdom_server", default="http://localhost",
+                   help="visdom server address, without the port (default: http://localhost)")
     p.add_argument("--visdom_port", type=int, default=8097, help="visdom server port (default: 8097)")
     return p
 
@@ -265,23 +269,21 @@ def read_checkpoint(path):
 
 def check_args(args):
     rules = [
-        (args.size > 0 and args.size % 4 == 0, f"--size {args.size}: must be a positive multiple of 4"),
+        (args.size >= MIN_SIZE and args.size % 4 == 0,
+         f"--size {args.size}: must be a multiple of 4 and at least {MIN_SIZE} (the discriminator needs 24x24)"),
         (args.load_size >= args.size, f"--load_size {args.load_size}: must be at least --size {args.size}"),
         (args.n_epochs >= 1, f"--n_epochs {args.n_epochs}: must be at least 1"),
         (0 <= args.decay_epoch <= args.n_epochs,
          f"--decay_epoch {args.decay_epoch}: must be between 0 and --n_epochs {args.n_epochs}"),
-        (args.batch_size >= 1, f"--batch_size {args.batch_size}: must be at least 1"),
         (args.lr > 0, f"--lr {args.lr}: must be positive"),
-        (args.lambda_cycle >= 0 and args.lambda_identity >= 0, "--lambda_cycle and --lambda_identity must be >= 0"),
-        (args.pool_size >= 0, f"--pool_size {args.pool_size}: must be >= 0"),
-        (min(args.ngf, args.ndf, args.n_blocks) >= 1, "--ngf, --ndf and --n_blocks must be at least 1"),
-        (args.workers >= 0, f"--workers {args.workers}: must be >= 0"),
-        (min(args.log_every, args.sample_every, args.save_every) >= 1,
-         "--log_every, --sample_every and --save_every must be at least 1"),
+        (0 <= args.seed < 2**32, f"--seed {args.seed}: must be between 0 and 2**32 - 1"),
+        (1 <= args.visdom_port <= 65535, f"--visdom_port {args.visdom_port}: must be between 1 and 65535"),
     ]
     for ok, message in rules:
         if not ok:
             raise UserError(message)
+    require(args, 1, "batch_size", "ngf", "ndf", "n_blocks", "log_every", "sample_every", "save_every")
+    require(args, 0, "lambda_cycle", "lambda_identity", "pool_size", "workers")
 
 
 def save_run(model, args, launch, epoch, position, iteration, seconds):
@@ -357,6 +359,11 @@ def train(args, checkpoint, launch):
                      channels_last=args.channels_last, rank=launch.rank)
     epoch, position, iteration, seconds = restore(model, checkpoint, launch) if checkpoint else (0, 0, 0, 0.0)
     if args.compile:
+        # torch's C++ build helper warns about CUDA_HOME on machines without CUDA; harmless here.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        if writer:
+            print("--compile: the first iterations compile the networks (about a minute or more; "
+                  "cached for later runs)")
         model.compile()
     if launch.torchrun:
         model.distribute()
@@ -368,11 +375,10 @@ def train(args, checkpoint, launch):
                                          num_workers=args.workers, persistent_workers=args.workers > 0,
                                          pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     step = args.batch_size * launch.world_size  # training pairs per iteration, all processes together
-    precision = "fp32" if model.amp_dtype is None else f"{str(model.amp_dtype).removeprefix('torch.')} autocast"
     if writer:
         processes = f", {launch.world_size} process(es) x batch {args.batch_size} = global batch {step}"
         print(f"{len(paths_A)} A and {len(paths_B)} B images, {math.ceil(len(sampler) / args.batch_size)} iterations "
-              f"per epoch{processes if launch.torchrun else ''}, device {device} ({precision}), output {args.output}")
+              f"per epoch{processes if launch.torchrun else ''}, device {device} ({precision_name(model.amp_dtype)}), output {args.output}")
     with StopSignals(second_quits=not launch.torchrun) as stop, contextlib.closing(record):
         for epoch in range(epoch, args.n_epochs):
             sampler.set_epoch(epoch, start=position)
@@ -383,7 +389,7 @@ def train(args, checkpoint, launch):
             save_run(model, args, launch, epoch + 1, 0, iteration, record.seconds())
     if writer:
         same = f"; the {launch.world_size} processes ended with identical weights" if launch.world_size > 1 else ""
-        print(f"done after {args.n_epochs} epochs and {iteration} iterations{same}; weights in {args.output}")
+        print(f"done after {args.n_epochs} epoch(s) and {iteration} iterations{same}; weights in {args.output}")
 
 
 def train_epoch(model, bar, args, launch, epoch, position, iteration, record, stop):
@@ -491,8 +497,11 @@ class TrainingRecord:
             name, value = bad[0]
             when = (f"at iteration {iteration}" if self.read_at + 1 == iteration
                     else f"between iterations {self.read_at + 1} and {iteration}")
-            raise RunFailure(f"{name} became {value} {when} (epoch {epoch + 1}); stopped without saving, so "
-                             f"{self.output}/checkpoint.pth keeps the last good state; try a lower --lr")
+            checkpoint = os.path.join(self.output, "checkpoint.pth")
+            kept = (f"so {checkpoint} keeps the last good state" if os.path.exists(checkpoint)
+                    else "and no checkpoint had been saved yet")
+            raise RunFailure(f"{name} became {value} {when} (epoch {epoch + 1}); stopped without saving, {kept}; "
+                             "try a lower --lr")
         self.read_at = iteration
         return means, stops > 0
 

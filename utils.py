@@ -41,6 +41,15 @@ def fail(message, status=2):
     sys.exit(status)
 
 
+def require(args, minimum, *names):
+    """Raise a UserError naming the first of these options that is below `minimum` (None
+    stands for a default still to be filled in)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise UserError(f"--{name} {value}: must be at least {minimum}")
+
+
 def describe(error, limit=200):
     """An exception as one short line (torch's state_dict errors start with a header line)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -124,6 +133,10 @@ def use_amp(choice, device):
     if choice == "auto":
         return device.type == "cuda" and torch.cuda.is_bf16_supported()
     return choice == "on"
+
+
+def precision_name(dtype):
+    return "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
 
 
 def amp_dtype(device):
@@ -291,9 +304,10 @@ class Dashboard:
 
     Everything is sent from a background thread, so training never waits for visdom. With
     no server, or when it stops answering, updates are dropped and a connection is tried
-    again at most every RETRY_SECONDS; on every (re)connection the plots are rebuilt from
-    the run's history (the rows of losses.csv), so a restarted server or a resumed run
-    shows the whole run.
+    again at most every RETRY_SECONDS. On every (re)connection the environment is cleared
+    and the plots are rebuilt from the run's history (the rows of losses.csv), so a
+    restarted server or a resumed run shows the whole run, and nothing of an older run
+    with the same name.
     """
 
     RETRY_SECONDS = 10
@@ -346,9 +360,10 @@ class Dashboard:
         self.last_attempt = time.monotonic()
         try:
             viz = _visdom_client(self.server, self.port, self.env, self.TIMEOUT_SECONDS)
-            if not viz._has_connection():
-                raise ConnectionError
+            viz._win_exists_wrap("options")  # raises when no server answers (win_exists would print)
             self.viz = viz
+            # Start from an empty environment: it may hold an older run of the same name.
+            self.viz.close(win=None)
             self.viz.text("<pre>" + json.dumps(self.options, indent=1) + "</pre>", win="options")
             self._replay()
         except Exception:

@@ -106,13 +106,17 @@ class AuthorsCycleGAN:
 
 def main():
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from benchmark import summary, timed
+    from benchmark import check_args, summary, timed
     from train import CycleGAN
-    from utils import ArgumentParser
+    from utils import ArgumentParser, UserError, fail
     p = ArgumentParser(description="Time the authors' training step on the CPU, on synthetic images.")
     for name, default in (("size", 128), ("batch_size", 1), ("warmup", 2), ("iters", 10)):
         p.add_argument(f"--{name}", type=int, default=default, help=f"as benchmark.py (default: {default})")
     args = p.parse_args()
+    try:
+        check_args(args)
+    except UserError as e:
+        fail(f"authors.py: error: {e}")
     ours = CycleGAN(device="cpu")
     theirs = AuthorsCycleGAN(ours, pool_size=50)
     g = torch.Generator().manual_seed(0)

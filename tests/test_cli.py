@@ -145,6 +145,11 @@ def test_resume_without_a_checkpoint_is_a_user_error(dataset, tmp_path):
     (["--n_epochs", "5", "--decay_epoch", "6"], ["--decay_epoch 6"]),
     (["--batch_size", "0"], ["--batch_size 0"]),
     (["--size", "big"], ["--size", "invalid int value"]),
+    (["--size", "16"], ["--size 16", "at least 24"]),
+    (["--seed", str(2**70)], ["--seed"]),
+    (["--visdom_port", "70000"], ["--visdom_port 70000"]),
+    (["--ndf", "0"], ["--ndf 0: must be at least 1"]),
+    (["--lambda_identity", "-1"], ["--lambda_identity -1.0: must be at least 0"]),
     (["--no_such_flag"], ["unrecognized arguments"]),
 ])
 def test_bad_options_give_one_line_and_exit_status_2(dataset, tmp_path, flags, words):

@@ -132,3 +132,19 @@ def test_the_assets_script_without_visdom_says_so_in_one_line(tmp_path):
     result = run_assets_script(PYTHON=str(no_visdom))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "visdom is not installed" in result.stderr
+
+
+def test_a_new_run_replaces_the_plots_of_an_older_run_with_the_same_name(tmp_path, fast_retries):
+    port = free_port()
+    server = start_visdom_server(port, tmp_path / "env")
+    try:
+        old = Run(port)
+        for iteration in (1, 2, 3):
+            old.log(iteration)
+        old.dashboard.close()
+        new = Run(port)  # same environment name, empty history
+        new.log(1)
+        new.dashboard.close()
+        assert plotted(port) == [[1], [1]]
+    finally:
+        stop(server)
