@@ -166,3 +166,80 @@ def start_visdom_server(port, env_path, module=False):
 def stop(server):
     server.terminate()
     server.wait(timeout=30)
+
+
+class FileServer:
+    """An HTTP server on 127.0.0.1 serving `files` ({path: bytes}) with byte ranges, as the
+    authors' server does. Paths in `cut` are cut off halfway on their first request, like
+    a dropped connection. `requests` records (path, Range header) of each request."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        self.files, self.cut, self.requests = {}, set(), []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append((self.path, self.headers.get("Range")))
+                data = server.files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+                if start >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.end_headers()
+                    return
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(data) - start))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                if self.path in server.cut:
+                    server.cut.discard(self.path)
+                    self.wfile.write(data[start:len(data) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(data[start:])
+
+            def do_HEAD(self):
+                server.requests.append((self.path, "HEAD"))
+                data = server.files.get(self.path)
+                self.send_response(404 if data is None else 200)
+                self.send_header("Content-Length", str(len(data or b"")))
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def file_server():
+    server = FileServer()
+    yield server
+    server.close()
+
+
+def dataset_zip(name, counts=None):
+    """A zip in the authors' layout, NAME/{trainA,trainB,testA,testB}/*.jpg, of random images."""
+    import zipfile
+    counts = counts or {"trainA": 2, "trainB": 2, "testA": 1, "testB": 1}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for folder, n in counts.items():
+            for i in range(n):
+                image = io.BytesIO()
+                Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(image, "JPEG")
+                z.writestr(f"{name}/{folder}/{i}.jpg", image.getvalue())
+    return buffer.getvalue()
