@@ -18,10 +18,24 @@ from tqdm import tqdm
 
 from datasets import ImageFiles, domain_dir, list_images
 from models import Generator, translate
-from utils import (ArgumentParser, UserError, add_amp_argument, amp_dtype, default_workers, fail, load_weights, pick_device,
-                   precision_name, report_skipped, require, use_amp)
+from utils import (ArgumentParser, RunFailure, UserError, add_amp_argument, amp_dtype, default_workers, download, fail,
+                   load_weights, pick_device, precision_name, report_skipped, require, use_amp)
 
 DIRECTIONS = {"A2B": ("A", "G_A2B"), "B2A": ("B", "G_B2A")}
+# The authors' published generators, each translating one way, and the one for the way back.
+PRETRAINED = {
+    "horse2zebra": "zebra2horse", "zebra2horse": "horse2zebra",
+    "summer2winter_yosemite": "winter2summer_yosemite", "winter2summer_yosemite": "summer2winter_yosemite",
+    "apple2orange": "orange2apple", "orange2apple": "apple2orange",
+    "style_monet": "monet2photo", "monet2photo": "style_monet",
+    "style_cezanne": None, "style_ukiyoe": None, "style_vangogh": None,
+    "sat2map": "map2sat", "map2sat": "sat2map",
+    "facades_photo2label": "facades_label2photo", "facades_label2photo": "facades_photo2label",
+    "iphone2dslr_flower": None,
+    "cityscapes_photo2label": "cityscapes_label2photo", "cityscapes_label2photo": "cityscapes_photo2label",
+}
+MODELS_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
+PRETRAINED_CACHE = os.path.join("output", "pretrained")
 
 
 def build_parser():
@@ -34,6 +48,10 @@ def build_parser():
     p.add_argument("--weights", help="folder with netG_A2B.pth and netG_B2A.pth (train.py's --output), train.py's "
                    "checkpoint.pth, or one generator .pth file such as the authors' horse2zebra.pth "
                    "(default: output/<dataroot name>)")
+    p.add_argument("--pretrained", metavar="NAME", choices=sorted(PRETRAINED),
+                   help="use the authors' published generator NAME (downloaded once into output/pretrained/, "
+                   f"from $CYCLEGAN_MODELS_URL or {MODELS_URL}) on --input, in the one direction it translates: "
+                   + ", ".join(PRETRAINED))
     p.add_argument("--results", help="where translations and index.html go (default: <weights folder>/results, "
                    "or <weights folder>/results_<input folder name> with --input)")
     p.add_argument("--ngf", type=int, help="generator filters in the first layer (default: read from the weights)")
@@ -51,6 +69,8 @@ def resolve(args):
     """Check the options, fill in the defaults that depend on others; returns {direction: input folder}."""
     require(args, 0, "workers")
     require(args, 1, "ngf", "n_blocks", "batch_size")
+    if args.pretrained:
+        check_pretrained(args)
     if args.dataroot is not None:
         directions = ("A2B", "B2A") if args.direction in (None, "both") else (args.direction,)
         inputs = {d: domain_dir(args.dataroot, "test", DIRECTIONS[d][0]) for d in directions}
@@ -58,14 +78,16 @@ def resolve(args):
     else:
         if args.direction == "both":
             raise UserError("--direction both needs --dataroot; with --input choose A2B or B2A")
-        if args.weights is None:
+        if args.weights is None and not args.pretrained:
             raise UserError("--input needs --weights (a training output folder or a generator .pth file)")
         if not os.path.isdir(args.input):
             raise UserError(f"--input {args.input}: no such folder")
+        if args.pretrained:
+            args.weights = fetch_pretrained(args.pretrained)
         inputs = {args.direction or "A2B": args.input}
     if args.results is None:
         base = args.weights if os.path.isdir(args.weights) else os.path.dirname(os.path.abspath(args.weights))
-        name = "results" if args.input is None else "results_" + os.path.basename(os.path.normpath(args.input))
+        name = "_".join(filter(None, ["results", args.pretrained, args.input and os.path.basename(os.path.normpath(args.input))]))
         args.results = os.path.join(base, name)
     for folder in inputs.values():
         if _inside(args.results, folder):
@@ -75,6 +97,38 @@ def resolve(args):
     except OSError as e:
         raise UserError(f"--results {args.results}: cannot write there ({e.strerror or e})")
     return inputs
+
+
+def check_pretrained(args):
+    """--pretrained goes with --input, without --weights, in its one direction."""
+    name, back = args.pretrained, PRETRAINED[args.pretrained]
+    if args.dataroot is not None or args.weights is not None:
+        raise UserError(f"--pretrained {name} translates a folder you give with --input (for a dataset: "
+                        f"--input datasets/NAME/testA), and takes no --dataroot or --weights")
+    if args.direction not in (None, "A2B"):
+        other = f"use --pretrained {back}" if back else "no model for the other way was published"
+        raise UserError(f"--pretrained {name} translates one way only (A2B, as its name says); for the other way, "
+                        f"{other}")
+
+
+def fetch_pretrained(name):
+    """The cached file of an authors' generator, downloaded the first time."""
+    path = os.path.join(PRETRAINED_CACHE, f"{name}.pth")
+    if os.path.isfile(path):
+        return path
+    try:
+        os.makedirs(PRETRAINED_CACHE, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{PRETRAINED_CACHE}: cannot write there ({e.strerror or e})")
+    url = f"{os.environ.get('CYCLEGAN_MODELS_URL', MODELS_URL).rstrip('/')}/{name}.pth"
+    download(url, path, hint="or set CYCLEGAN_MODELS_URL to a mirror")
+    try:
+        load_weights(path)
+    except Exception:
+        os.remove(path)
+        raise RunFailure(f"{url} did not give a weights file torch can read; removed it, run again to download "
+                         "it anew")
+    return path
 
 
 def _inside(path, folder):
@@ -151,13 +205,16 @@ def output_names(paths):
             for stem, p in zip(stems, paths)]
 
 
-def run_direction(G, paths, results, direction, device, args):
+def run_direction(G, paths, results, direction, device, args, G_back=None):
     """Translate `paths` with G, up to --batch_size images of one size at a time, while worker
-    processes read the next images and a thread writes the PNGs; returns the names written."""
+    processes read the next images and a thread writes the PNGs; returns the names written.
+    With G_back (the generator for the way back) the reconstructions are written too."""
     domain = DIRECTIONS[direction][0]
     names = output_names(paths)
     os.makedirs(os.path.join(results, direction), exist_ok=True)
     os.makedirs(os.path.join(results, f"real_{domain}"), exist_ok=True)
+    if G_back is not None:
+        os.makedirs(os.path.join(results, f"rec_{domain}"), exist_ok=True)
     loader = torch.utils.data.DataLoader(ImageFiles(paths), batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda")
     done, writes = [], []
@@ -165,9 +222,11 @@ def run_direction(G, paths, results, direction, device, args):
     with ThreadPoolExecutor(max_workers=1) as writer, tqdm(desc=direction, total=len(paths)) as bar:
         for images, indices in same_size_batches(loader, args.batch_size):
             with autocast:
-                fakes = translate(G, images.to(device, non_blocking=True)).float().cpu()
-            for image, fake, i in zip(images, fakes, indices):
-                writes.append(writer.submit(save_pair, image, fake, results, direction, names[i]))
+                fakes = translate(G, images.to(device, non_blocking=True))
+                recs = [None] * len(fakes) if G_back is None else translate(G_back, fakes).float().cpu()
+                fakes = fakes.float().cpu()
+            for image, fake, rec, i in zip(images, fakes, recs, indices):
+                writes.append(writer.submit(save_images, image, fake, rec, results, direction, names[i]))
                 done.append(names[i])
             bar.update(len(indices))
         for write in writes:
@@ -190,27 +249,52 @@ def same_size_batches(loader, batch_size):
         yield torch.stack(images), indices
 
 
-def save_pair(image, fake, results, direction, name):
-    save_image(image * 0.5 + 0.5, os.path.join(results, f"real_{DIRECTIONS[direction][0]}", f"{name}.png"))
+def save_images(image, fake, rec, results, direction, name):
+    domain = DIRECTIONS[direction][0]
+    save_image(image * 0.5 + 0.5, os.path.join(results, f"real_{domain}", f"{name}.png"))
     save_image(fake * 0.5 + 0.5, os.path.join(results, direction, f"{name}.png"))
+    if rec is not None:
+        save_image(rec * 0.5 + 0.5, os.path.join(results, f"rec_{domain}", f"{name}.png"))
 
 
-def write_index(results, done):
-    """index.html: each input beside its translation, with relative links."""
+def write_index(results, done, reconstructed):
+    """index.html: each input beside its translation and, where the generator for the way back
+    was there, its reconstruction; file names as captions, images loaded as they scroll into
+    view, and relative links, so that the folder can be zipped and shared."""
     parts = ["<!doctype html><meta charset='utf-8'><title>CycleGAN results</title>",
-             "<style>body{font-family:sans-serif} td{padding:4px;vertical-align:top} "
-             "img{max-width:320px}</style>"]
+             "<style>body{font-family:sans-serif} td{padding:4px;vertical-align:top;text-align:center} "
+             "img{max-width:320px;display:block}</style>"]
     for direction, names in done.items():
         domain = DIRECTIONS[direction][0]
-        parts.append(f"<h2>{direction}</h2><table><tr><th>name</th><th>input</th><th>{direction}</th></tr>")
+        columns = [("input", f"real_{domain}"), (direction, direction)]
+        columns += [("reconstruction", f"rec_{domain}")] if reconstructed[direction] else []
+        parts.append(f"<h2>{direction} ({len(names)} images)</h2><table><tr>"
+                     + "".join(f"<th>{title}</th>" for title, _ in columns) + "</tr>")
         for name in names:
             file = html.escape(f"{name}.png", quote=True)
-            parts.append(f"<tr><td>{html.escape(name)}</td>"
-                         f"<td><img loading='lazy' src='real_{domain}/{file}'></td>"
-                         f"<td><img loading='lazy' src='{direction}/{file}'></td></tr>")
+            parts.append("<tr>" + "".join(f"<td><img loading='lazy' src='{folder}/{file}'>{html.escape(name)}</td>"
+                                          for _, folder in columns) + "</tr>")
         parts.append("</table>")
     with open(os.path.join(results, "index.html"), "w", encoding="utf-8") as f:
         f.write("\n".join(parts) + "\n")
+
+
+def back_generator(args, direction, generators, device):
+    """The generator for the way back, where the weights hold both (a training output folder
+    or checkpoint.pth); else None."""
+    back = "B2A" if direction == "A2B" else "A2B"
+    if back in generators:
+        return generators[back]
+    if args.pretrained or not holds_both(args.weights):
+        return None
+    return build_generator(*generator_states(args.weights, [back])[back], args.ngf, args.n_blocks, device)
+
+
+def holds_both(weights):
+    if os.path.isdir(weights):
+        return all(os.path.isfile(os.path.join(weights, f"net{g}.pth")) for _, g in DIRECTIONS.values())
+    state = _read(weights)
+    return isinstance(state, dict) and "model" in state
 
 
 def main(argv=None):
@@ -221,17 +305,20 @@ def main(argv=None):
         scans = {d: list_images(folder) for d, folder in inputs.items()}
         states = generator_states(args.weights, list(inputs))
         generators = {d: build_generator(*states[d], args.ngf, args.n_blocks, device) for d in inputs}
+        backs = {d: back_generator(args, d, generators, device) for d in inputs}
     except UserError as e:
         fail(f"test.py: error: {e}")
+    except RunFailure as e:
+        fail(f"test.py: error: {e}", 1)
     report_skipped([entry for _, skipped in scans.values() for entry in skipped])
     print(f"device {device} ({precision_name(amp_dtype(device) if use_amp(args.amp, device) else None)})")
     try:
-        done = {d: run_direction(generators[d], scans[d][0], args.results, d, device, args) for d in inputs}
+        done = {d: run_direction(generators[d], scans[d][0], args.results, d, device, args, backs[d]) for d in inputs}
     except KeyboardInterrupt:
         fail(f"test.py: interrupted; the images translated so far are in {args.results}", 130)
     except OSError as e:  # a full disk while writing results
         fail(f"test.py: error: {e.strerror or e}: {e.filename or ''}", 1)
-    write_index(args.results, done)
+    write_index(args.results, done, {d: backs[d] is not None for d in inputs})
     print(f"results in {args.results} ({os.path.join(args.results, 'index.html')})")
 
 

@@ -200,6 +200,39 @@ def linear_decay(epoch, n_epochs, decay_epoch):
     return 1.0 - max(0, epoch + 1 - decay_epoch) / (n_epochs - decay_epoch + 1)
 
 
+def download(url, path, hint):
+    """Fetch `url` into `path` with a progress bar. An interrupted download stays in
+    path.part and continues from there next time; `path` appears only when complete.
+    Failures raise RunFailure (exit 1) ending with `hint`."""
+    import http.client
+    import urllib.error
+    import urllib.request
+    part = path + ".part"
+    start = os.path.getsize(part) if os.path.exists(part) else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    total = 0
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            if response.status != 206:  # the server sent the whole file
+                start = 0
+            total = start + int(response.headers.get("Content-Length") or 0)
+            with open(part, "ab" if start else "wb") as f, tqdm(
+                    total=total or None, initial=start, unit="B", unit_scale=True, desc=os.path.basename(path)) as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as e:
+        if not (e.code == 416 and start):  # 416 to a range from the end: the file was complete
+            raise RunFailure(f"could not download {url} ({e.code} {e.reason}); {hint}")
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise RunFailure(f"could not download {url} ({reason}); run again to continue; {hint}")
+    if total and os.path.getsize(part) < total:  # the server closed the connection early
+        raise RunFailure(f"could not download {url} (cut off at {os.path.getsize(part)} of {total} bytes); "
+                         f"run again to continue; {hint}")
+    os.replace(part, path)
+
+
 def atomic_save(obj, path):
     """torch.save to a temporary name, then rename: a kill never leaves a truncated file."""
     _atomic_write(path, lambda f: torch.save(obj, f))

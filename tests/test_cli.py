@@ -58,7 +58,7 @@ def test_results_default_to_the_weights_folder_and_the_architecture_to_the_weigh
     assert train(dataset, out, "--n_epochs", "1").returncode == 0  # --ngf 8 --n_blocks 2
     result = run_script("test.py", "--dataroot", dataset, "--weights", out, "--direction", "B2A", "--workers", "0")
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(os.path.join(out, "results"))) == ["B2A", "index.html", "real_B"]
+    assert sorted(os.listdir(os.path.join(out, "results"))) == ["B2A", "index.html", "real_B", "rec_B"]
     result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights", out, "--workers", "0")
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(os.path.join(out, "results_testA", "A2B"))) == ["testA_0.png", "testA_1.png", "testA_2.png"]
