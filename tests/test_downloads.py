@@ -5,7 +5,6 @@ import shutil
 import subprocess
 import sys
 
-
 from conftest import ROOT, dataset_zip, free_port
 
 
