@@ -1,0 +1,198 @@
+"""Measure translation quality: FID and KID for A->B and B->A, and the cycle-reconstruction error.
+
+    python evaluate.py --dataroot datasets/horse2zebra --weights output/horse2zebra
+    python evaluate.py --dataroot datasets/horse2zebra --results output/horse2zebra/results
+
+A->B compares the translated testA images with the real testB images, B->A the translated
+testB with the real testA, on the 2048-d pool3 features of pytorch-fid's InceptionV3, the
+network behind published FID figures (images go in at the size they were translated at; the
+network resizes them to 299x299 itself). FID on a test set of 120-140 images is biased
+upwards by the small sample, so KID, which is unbiased, is reported beside it, with its
+standard deviation over random subsets. Prints a table and writes metrics.json beside the
+weights (or the results).
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from datasets import domain_dir, list_images
+from utils import ArgumentParser, RunFailure, UserError, describe, fail, pick_device, require
+
+DIRECTIONS = {"A2B": ("A", "B"), "B2A": ("B", "A")}  # direction: (source domain, target domain)
+
+
+def build_parser():
+    p = ArgumentParser(description="FID and KID of translated test images against the real ones of the target "
+                       "domain, per direction, and the cycle-reconstruction error.")
+    p.add_argument("--dataroot", required=True, help="dataset folder with testA/ and testB/ (or test/A, test/B)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="a training output folder: its generators translate the test images "
+                        "first (with test.py, into <weights>/results)")
+    source.add_argument("--results", help="a test.py results folder (A2B/, B2A/, and rec_A/, rec_B/ if present)")
+    p.add_argument("--inception", help="a local copy of pytorch-fid's Inception weights "
+                   "(pt_inception-2015-12-05-6726825d.pth), for machines without internet "
+                   "(default: downloaded once by pytorch-fid)")
+    p.add_argument("--kid_subset_size", type=int, default=1000,
+                   help="images per KID subset, capped at the number of images (default: 1000)")
+    p.add_argument("--kid_subsets", type=int, default=100, help="random subsets KID is averaged over (default: 100)")
+    p.add_argument("--batch_size", type=int, default=25, help="images of one size through Inception at once (default: 25)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--json", help="where the figures go (default: metrics.json in --weights, or in --results)")
+    return p
+
+
+def inception_network(path, device):
+    """pytorch-fid's InceptionV3 up to pool3, with its FID weights: downloaded by pytorch-fid
+    into torch's hub cache, or read from `path`."""
+    from pytorch_fid import inception as fid
+    hub = torch.hub.get_dir()
+    with tempfile.TemporaryDirectory() as local_hub:
+        if path:
+            if not os.path.isfile(path):
+                raise UserError(f"--inception {path}: no such file")
+            # pytorch-fid loads its weights through torch's hub cache; put the given file there.
+            os.makedirs(os.path.join(local_hub, "checkpoints"))
+            os.symlink(os.path.abspath(path), os.path.join(local_hub, "checkpoints",
+                                                           os.path.basename(fid.FID_WEIGHTS_URL)))
+            torch.hub.set_dir(local_hub)
+        try:
+            model = fid.InceptionV3([fid.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+        except (OSError, RuntimeError, ValueError) as e:  # no network, or a file that is not those weights
+            where = f"--inception {path}" if path else f"downloading {fid.FID_WEIGHTS_URL}"
+            raise RunFailure(f"no Inception weights: {where} failed ({describe(e)}); on a machine with internet, "
+                             f"download {fid.FID_WEIGHTS_URL} and pass the file with --inception PATH")
+        finally:
+            torch.hub.set_dir(hub)
+    return model.to(device).eval()
+
+
+@torch.inference_mode()
+def features(model, paths, device, batch_size):
+    """(n, 2048) pool3 features; consecutive images of one size go through together."""
+    out, batch = [], []
+    for path in paths + [None]:
+        image = None if path is None else TF.to_tensor(Image.open(path).convert("RGB"))
+        if batch and (image is None or image.shape != batch[0].shape or len(batch) == batch_size):
+            out.append(model(torch.stack(batch).to(device))[0].flatten(1).double().cpu())
+            batch = []
+        if image is not None:
+            batch.append(image)
+    return torch.cat(out).numpy()
+
+
+def frechet_distance(x, y):
+    """FID between two sets of features, by pytorch-fid's formula."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    with warnings.catch_warnings():
+        # With fewer images than features the covariances are singular; pytorch-fid then
+        # adds a small offset, as for published figures, and scipy's warning says nothing more.
+        warnings.simplefilter("ignore")
+        return float(calculate_frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0),
+                                                np.cov(y, rowvar=False)))
+
+
+def mmd2_unbiased(x, y):
+    """Unbiased squared MMD with the polynomial kernel k(a, b) = (a.b / d + 1)^3 (Binkowski et al.)."""
+    d, m, n = x.shape[1], len(x), len(y)
+    k_xx, k_yy, k_xy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    return float((k_xx.sum() - np.trace(k_xx)) / (m * (m - 1)) + (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+                 - 2 * k_xy.mean())
+
+
+def kernel_inception_distance(x, y, subset_size, subsets, seed=0):
+    """KID: the mean and standard deviation of mmd2_unbiased over random subsets."""
+    rng = np.random.default_rng(seed)
+    m = min(len(x), len(y), subset_size)
+    values = [mmd2_unbiased(x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)])
+              for _ in range(subsets)]
+    return float(np.mean(values)), float(np.std(values))
+
+
+def cycle_l1(results, domain):
+    """Mean |reconstruction - input| on the [-1, 1] scale of training, or None without rec_<domain>/."""
+    rec_dir, real_dir = os.path.join(results, f"rec_{domain}"), os.path.join(results, f"real_{domain}")
+    if not os.path.isdir(rec_dir):
+        return None
+    errors = [np.abs(np.asarray(Image.open(os.path.join(rec_dir, f)), float)
+                     - np.asarray(Image.open(os.path.join(real_dir, f)), float)).mean() / 127.5
+              for f in sorted(os.listdir(rec_dir))]
+    return float(np.mean(errors)) if errors else None
+
+
+def evaluate(dataroot, results, model, device, args):
+    """{direction: figures} for the directions translated in `results`, and their mean FID."""
+    report = {}
+    for direction, (source, target) in DIRECTIONS.items():
+        translated = os.path.join(results, direction)
+        if not os.path.isdir(translated):
+            continue
+        fakes, _ = list_images(translated)
+        reals, _ = list_images(domain_dir(dataroot, "test", target))
+        if min(len(fakes), len(reals)) < 2:
+            raise UserError(f"{direction}: FID and KID need at least 2 images on each side")
+        x, y = features(model, fakes, device, args.batch_size), features(model, reals, device, args.batch_size)
+        kid, kid_std = kernel_inception_distance(x, y, args.kid_subset_size, args.kid_subsets)
+        report[direction] = {"fid": frechet_distance(x, y), "kid": kid, "kid_std": kid_std,
+                             "translated_images": len(fakes), "real_images": len(reals),
+                             "cycle_l1": cycle_l1(results, source)}
+    if not report:
+        raise UserError(f"{results}: no A2B/ or B2A/ folder of translated images")
+    report["mean_fid"] = float(np.mean([r["fid"] for r in report.values()]))
+    return report
+
+
+def translate(args):
+    """Translate the test images with the generators in --weights, as test.py does."""
+    results = os.path.join(args.weights, "results")
+    command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "test.py"),
+               "--dataroot", args.dataroot, "--weights", args.weights, "--results", results, "--device", args.device]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        lines = done.stderr.strip().splitlines()
+        raise UserError(lines[-1].removeprefix("test.py: error: ") if lines else "test.py failed")
+    return results
+
+
+def print_table(report):
+    print(f"{'direction':<10}{'FID':>10}{'KID x 1000':>16}{'cycle L1':>10}{'images':>12}")
+    for direction in DIRECTIONS:
+        if direction in report:
+            r = report[direction]
+            cycle = "-" if r["cycle_l1"] is None else f"{r['cycle_l1']:.4f}"
+            print(f"{direction:<10}{r['fid']:>10.2f}{r['kid'] * 1000:>9.2f} ± {r['kid_std'] * 1000:<5.2f}"
+                  f"{cycle:>10}{r['translated_images']:>6} vs {r['real_images']:<4}")
+    print(f"mean FID {report['mean_fid']:.2f}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        require(args, 2, "kid_subset_size")
+        require(args, 1, "kid_subsets", "batch_size")
+        device = pick_device(args.device)
+        model = inception_network(args.inception, device)
+        results = translate(args) if args.weights else args.results
+        if not os.path.isdir(results):
+            raise UserError(f"--results {results}: no such folder")
+        report = evaluate(args.dataroot, results, model, device, args)
+        path = args.json or os.path.join(args.weights or results, "metrics.json")
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
+    except UserError as e:
+        fail(f"evaluate.py: error: {e}")
+    except RunFailure as e:
+        fail(f"evaluate.py: error: {e}", 1)
+    print_table(report)
+    print(f"figures in {path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

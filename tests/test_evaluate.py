@@ -1,0 +1,124 @@
+"""evaluate.py: the Fréchet distance and KID against closed forms on Gaussians, and the whole
+command with a randomly initialised InceptionV3 (its numbers mean nothing; the plumbing does)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from conftest import free_port, load_script, make_dataset, run_script, save_generator
+
+evaluate = load_script("evaluate.py")
+
+
+def test_the_frechet_distance_of_two_gaussians_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    mu1, mu2, var1, var2 = np.zeros(3), np.array([1.0, 0, 2]), np.array([1.0, 4, 1]), np.array([1.0, 1, 9])
+    x = rng.normal(mu1, np.sqrt(var1), (200_000, 3))
+    y = rng.normal(mu2, np.sqrt(var2), (200_000, 3))
+    closed = np.sum((mu1 - mu2) ** 2) + np.sum(var1 + var2 - 2 * np.sqrt(var1 * var2))  # 5 + (0 + 1 + 4)
+    assert evaluate.frechet_distance(x, y) == pytest.approx(closed, rel=0.02)
+
+
+def test_the_frechet_distance_equals_scipys_on_full_covariances():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(500, 4)) @ rng.normal(size=(4, 4)), rng.normal(1, 2, size=(500, 4))
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    reference = np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert evaluate.frechet_distance(x, y) == pytest.approx(reference, rel=1e-6)
+
+
+def test_the_unbiased_mmd_equals_its_definition_term_by_term():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(6, 3)), rng.normal(size=(5, 3))
+    k = lambda a, b: (a @ b / 3 + 1) ** 3  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(6) for j in range(6) if i != j) / 30
+    yy = sum(k(y[i], y[j]) for i in range(5) for j in range(5) if i != j) / 20
+    xy = sum(k(a, b) for a in x for b in y) / 30
+    assert evaluate.mmd2_unbiased(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
+
+
+def test_kid_of_two_1d_gaussians_matches_the_closed_form_of_the_cubic_kernel():
+    # For independent a ~ N(p, 1), b ~ N(q, 1): E(ab + 1)^3 = E a^3 E b^3 + 3 E a^2 E b^2 + 3 E a E b + 1.
+    def expected(p, q):
+        return (p**3 + 3 * p) * (q**3 + 3 * q) + 3 * (p**2 + 1) * (q**2 + 1) + 3 * p * q + 1
+    p, q = 0.0, 0.5
+    closed = expected(p, p) + expected(q, q) - 2 * expected(p, q)
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(p, 1, (20_000, 1)), rng.normal(q, 1, (20_000, 1))
+    kid, kid_std = evaluate.kernel_inception_distance(x, y, subset_size=2000, subsets=50)
+    assert kid == pytest.approx(closed, abs=4 * kid_std / math.sqrt(50))
+    same, same_std = evaluate.kernel_inception_distance(x, rng.normal(p, 1, (20_000, 1)), 2000, 50)
+    assert abs(same) < 4 * same_std / math.sqrt(50)  # unbiased: zero on average for one distribution
+
+
+@pytest.fixture
+def random_inception(tmp_path, monkeypatch):
+    """pytorch-fid's InceptionV3 with random weights, saved as a weights file for --inception."""
+    from pytorch_fid import inception as fid
+    made = []
+    build = fid._inception_v3
+    with monkeypatch.context() as m:
+        m.setattr(fid, "_inception_v3", lambda *a, **k: made.append(build(*a, **k)) or made[-1])
+        m.setattr(fid, "load_state_dict_from_url", lambda *a, **k: made[-1].state_dict())
+        network = fid.fid_inception_v3()
+    path = tmp_path / "random_inception.pth"
+    torch.save(network.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A dataset (3 testA, 2 testB images) and a folder with both generators."""
+    data = make_dataset(tmp_path / "data")
+    weights = tmp_path / "run"
+    weights.mkdir()
+    for name in ("netG_A2B.pth", "netG_B2A.pth"):
+        save_generator(weights / name)
+    return data, weights
+
+
+def test_evaluate_translates_and_writes_fid_kid_and_cycle_error_per_direction(trained, random_inception):
+    data, weights = trained
+    result = run_script("evaluate.py", "--dataroot", data, "--weights", weights, "--inception", random_inception,
+                        "--device", "cpu", "--kid_subsets", "10")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((weights / "metrics.json").read_text())
+    assert (report["A2B"]["translated_images"], report["A2B"]["real_images"]) == (3, 2)
+    assert (report["B2A"]["translated_images"], report["B2A"]["real_images"]) == (2, 3)
+    for direction in ("A2B", "B2A"):
+        figures = report[direction]
+        assert all(math.isfinite(figures[k]) for k in ("fid", "kid", "kid_std", "cycle_l1"))
+        assert 0 < figures["cycle_l1"] < 2
+    assert report["mean_fid"] == pytest.approx((report["A2B"]["fid"] + report["B2A"]["fid"]) / 2)
+    assert "A2B" in result.stdout and "mean FID" in result.stdout
+
+
+def test_evaluate_reads_a_results_folder_of_one_direction(trained, random_inception, tmp_path):
+    data, weights = trained
+    results = tmp_path / "res"
+    assert run_script("test.py", "--dataroot", data, "--weights", weights / "netG_A2B.pth", "--direction", "A2B",
+                      "--results", results, "--workers", "0").returncode == 0
+    result = run_script("evaluate.py", "--dataroot", data, "--results", results, "--inception", random_inception,
+                        "--device", "cpu", "--kid_subsets", "5")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((results / "metrics.json").read_text())
+    assert set(report) == {"A2B", "mean_fid"} and report["A2B"]["cycle_l1"] is None  # one generator: no cycle
+
+
+def test_without_inception_weights_or_network_one_line_says_what_to_do(trained, tmp_path, monkeypatch):
+    from pytorch_fid import inception as fid
+    monkeypatch.setattr(fid, "FID_WEIGHTS_URL", f"http://127.0.0.1:{free_port()}/pt_inception-2015-12-05-6726825d.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    data, weights = trained
+    result = run_script("evaluate.py", "--dataroot", data, "--weights", weights, "--device", "cpu")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "--inception PATH" in result.stderr
+
+
+def test_an_inception_file_that_is_not_there_is_a_user_error(trained):
+    data, weights = trained
+    result = run_script("evaluate.py", "--dataroot", data, "--weights", weights, "--inception", "nope.pth")
+    assert result.returncode == 2 and "--inception nope.pth: no such file" in result.stderr
