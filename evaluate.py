@@ -40,6 +40,9 @@ def build_parser():
     p.add_argument("--inception", help="a local copy of pytorch-fid's Inception weights "
                    "(pt_inception-2015-12-05-6726825d.pth), for machines without internet "
                    "(default: downloaded once by pytorch-fid)")
+    p.add_argument("--dims", type=int, default=2048, choices=(64, 192, 768, 2048),
+                   help="Inception features to compare, as pytorch-fid's --dims; published figures use 2048 "
+                   "(default: 2048)")
     p.add_argument("--kid_subset_size", type=int, default=1000,
                    help="images per KID subset, capped at the number of images (default: 1000)")
     p.add_argument("--kid_subsets", type=int, default=100, help="random subsets KID is averaged over (default: 100)")
@@ -49,7 +52,7 @@ def build_parser():
     return p
 
 
-def inception_network(path, device):
+def inception_network(path, device, dims=2048):
     """pytorch-fid's InceptionV3 up to pool3, with its FID weights: downloaded by pytorch-fid
     into torch's hub cache, or read from `path`."""
     from pytorch_fid import inception as fid
@@ -64,7 +67,7 @@ def inception_network(path, device):
                                                            os.path.basename(fid.FID_WEIGHTS_URL)))
             torch.hub.set_dir(local_hub)
         try:
-            model = fid.InceptionV3([fid.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+            model = fid.InceptionV3([fid.InceptionV3.BLOCK_INDEX_BY_DIM[dims]])
         except (OSError, RuntimeError, ValueError) as e:  # no network, or a file that is not those weights
             where = f"--inception {path}" if path else f"downloading {fid.FID_WEIGHTS_URL}"
             raise RunFailure(f"no Inception weights: {where} failed ({describe(e)}); on a machine with internet, "
@@ -76,12 +79,14 @@ def inception_network(path, device):
 
 @torch.inference_mode()
 def features(model, paths, device, batch_size):
-    """(n, 2048) pool3 features; consecutive images of one size go through together."""
+    """(n, dims) features (pool3 for 2048); consecutive images of one size go through together."""
     out, batch = [], []
     for path in paths + [None]:
         image = None if path is None else TF.to_tensor(Image.open(path).convert("RGB"))
         if batch and (image is None or image.shape != batch[0].shape or len(batch) == batch_size):
-            out.append(model(torch.stack(batch).to(device))[0].flatten(1).double().cpu())
+            maps = model(torch.stack(batch).to(device))[0]
+            # Below pool3 the blocks give feature maps, which pytorch-fid averages to vectors too.
+            out.append(torch.nn.functional.adaptive_avg_pool2d(maps, 1).flatten(1).double().cpu())
             batch = []
         if image is not None:
             batch.append(image)
@@ -178,7 +183,7 @@ def main(argv=None):
         require(args, 2, "kid_subset_size")
         require(args, 1, "kid_subsets", "batch_size")
         device = pick_device(args.device)
-        model = inception_network(args.inception, device)
+        model = inception_network(args.inception, device, args.dims)
         results = translate(args) if args.weights else args.results
         if not os.path.isdir(results):
             raise UserError(f"--results {results}: no such folder")

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -35,6 +36,8 @@ CHECKPOINT_KEYS = {"model", "epoch", "position", "iteration", "seconds", "option
 # Reading a loss makes the host wait for the GPU, so losses are read only every READ_EVERY
 # iterations (for the progress bar and the finiteness check) and at each --log_every.
 READ_EVERY = 10
+METRIC_FIELDS = ("iteration", "epoch", "mean_fid", "fid_A2B", "kid_A2B", "kid_std_A2B", "fid_B2A", "kid_B2A",
+                 "kid_std_B2A")
 MIN_SIZE = 24  # smaller crops leave the discriminator's later layers a single pixel to normalise
 
 
@@ -221,6 +224,11 @@ def build_parser():
                    help="iterations between sample grids in samples/ and on visdom (default: 500)")
     p.add_argument("--save_every", type=int, default=5000,
                    help="iterations between checkpoints, besides the one at every epoch end (default: 5000)")
+    p.add_argument("--eval_every", type=int, default=0,
+                   help="epochs between FID/KID evaluations on the test split (evaluate.py; metrics.csv, visdom, "
+                   "and best/ keeps the weights with the lowest mean FID); 0 turns it off (default: 0)")
+    p.add_argument("--inception", help="a local copy of pytorch-fid's Inception weights for --eval_every, "
+                   "for machines without internet (default: downloaded once)")
     p.add_argument("--no_visdom", action="store_true", help="do not send plots and images to visdom")
     p.add_argument("--visdom_server", default="http://localhost",
                    help="visdom server address, without the port (default: http://localhost)")
@@ -283,7 +291,7 @@ def check_args(args):
         if not ok:
             raise UserError(message)
     require(args, 1, "batch_size", "ngf", "ndf", "n_blocks", "log_every", "sample_every", "save_every")
-    require(args, 0, "lambda_cycle", "lambda_identity", "pool_size", "workers")
+    require(args, 0, "lambda_cycle", "lambda_identity", "pool_size", "workers", "eval_every")
 
 
 def save_run(model, args, launch, epoch, position, iteration, seconds):
@@ -353,6 +361,8 @@ def train(args, checkpoint, launch):
                         "or choose another --output")
     if writer:
         prepare_output(args)
+    if args.eval_every and writer:
+        check_evaluation(args)
     model = CycleGAN(device=device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks, lr=args.lr,
                      lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
                      pool_size=args.pool_size, seed=args.seed, amp=use_amp(args.amp, device),
@@ -387,9 +397,22 @@ def train(args, checkpoint, launch):
                 iteration = train_epoch(model, bar, args, launch, epoch, position, iteration, record, stop)
             position = 0
             save_run(model, args, launch, epoch + 1, 0, iteration, record.seconds())
+            if args.eval_every and (epoch + 1) % args.eval_every == 0:
+                if writer:
+                    record.evaluate(args, epoch + 1, iteration, device)
+                if launch.world_size > 1:
+                    dist.barrier()  # the others wait while rank 0 evaluates
     if writer:
         same = f"; the {launch.world_size} processes ended with identical weights" if launch.world_size > 1 else ""
         print(f"done after {args.n_epochs} epoch(s) and {iteration} iterations{same}; weights in {args.output}")
+
+
+def check_evaluation(args):
+    """Fail at start-up, not after the first epochs, if --eval_every cannot work."""
+    import evaluate
+    for domain in "AB":
+        list_images(domain_dir(args.dataroot, "test", domain))
+    evaluate.inception_network(args.inception, torch.device("cpu"))
 
 
 def train_epoch(model, bar, args, launch, epoch, position, iteration, record, stop):
@@ -464,8 +487,10 @@ class TrainingRecord:
         self.writer = launch.rank == 0
         self.samples = os.path.join(args.output, "samples")
         self.log = LossLog(os.path.join(args.output, "losses.csv"))
+        self.metrics = LossLog(os.path.join(args.output, "metrics.csv"), METRIC_FIELDS)
         if self.writer:
             self.log.truncate_after(iteration)
+            self.metrics.truncate_after(iteration)
         self.dashboard = None if args.no_visdom or not self.writer else Dashboard(
             args.visdom_server, args.visdom_port, env=os.path.basename(os.path.normpath(args.output)),
             options=vars(args), history=self.log.rows)
@@ -519,9 +544,47 @@ class TrainingRecord:
         if self.dashboard:
             self.dashboard.show(visuals)
 
+    def evaluate(self, args, epoch, iteration, device):
+        """FID and KID of the weights just saved (evaluate.py, in its own process) into
+        metrics.csv and visdom; best/ gets the weights when their mean FID is the lowest so
+        far. A failed evaluation is a warning: training goes on."""
+        command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "evaluate.py"),
+                   "--dataroot", args.dataroot, "--weights", args.output, "--device", str(device),
+                   "--json", os.path.join(args.output, "metrics.json")]
+        command += ["--inception", args.inception] if args.inception else []
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            lines = done.stderr.strip().splitlines()
+            tqdm.write(f"warning: evaluation after epoch {epoch} failed: {lines[-1] if lines else done.returncode}",
+                       file=sys.stderr)
+            return
+        with open(os.path.join(args.output, "metrics.json")) as f:
+            report = json.load(f)
+        row = {"iteration": iteration, "epoch": epoch, "mean_fid": report["mean_fid"]}
+        for direction in ("A2B", "B2A"):
+            row.update({f"{key}_{direction}": report[direction][key] for key in ("fid", "kid", "kid_std")})
+        best = min((r["mean_fid"] for r in self.metrics.rows()), default=float("inf"))
+        self.metrics.append(row)
+        tqdm.write(f"epoch {epoch}: FID A2B {row['fid_A2B']:.2f}, B2A {row['fid_B2A']:.2f}; KID x 1000 A2B "
+                   f"{row['kid_A2B'] * 1000:.2f}, B2A {row['kid_B2A'] * 1000:.2f}")
+        if row["mean_fid"] < best:
+            keep_best(args.output, row)
+        if self.dashboard:
+            self.dashboard.plot_fid(row)
+
     def close(self):
         if self.dashboard:
             self.dashboard.close()
+
+
+def keep_best(output, row):
+    """Copy the generator and discriminator weights into best/, each file atomically."""
+    best = os.path.join(output, "best")
+    os.makedirs(best, exist_ok=True)
+    for name in ("G_A2B", "G_B2A", "D_A", "D_B"):
+        atomic_save(torch.load(os.path.join(output, f"net{name}.pth"), weights_only=True),
+                    os.path.join(best, f"net{name}.pth"))
+    atomic_write_text(json.dumps(row, indent=2) + "\n", os.path.join(best, "metrics.json"))
 
 
 def main(argv=None):

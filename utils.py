@@ -264,12 +264,13 @@ LOSS_NAMES = ("loss_G", "loss_G_GAN", "loss_G_cycle", "loss_G_identity", "loss_D
 
 
 class LossLog:
-    """losses.csv: one row per logging interval with the mean losses over that interval."""
+    """A CSV log with a row per iteration it was written at: losses.csv (the mean losses over
+    each logging interval) by default, or other `fields`, as metrics.csv."""
 
     FIELDS = ("iteration", "epoch") + LOSS_NAMES + ("lr", "seconds")
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, path, fields=FIELDS):
+        self.path, self.fields = path, fields
 
     def truncate_after(self, iteration):
         """Drop rows written after the checkpoint a run resumes from, so the log matches
@@ -277,29 +278,29 @@ class LossLog:
         if not os.path.exists(self.path):
             return
         with open(self.path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if _row_iteration(r) <= iteration]
-        atomic_write_text(_csv_text(self.FIELDS, rows), self.path)
+            rows = [r for r in csv.DictReader(f) if _row_iteration(r, self.fields) <= iteration]
+        atomic_write_text(_csv_text(self.fields, rows), self.path)
 
     def rows(self):
         """The complete rows written so far, as numbers."""
         if not os.path.exists(self.path):
             return []
         with open(self.path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if _row_iteration(r) < float("inf")]
-        return [{k: int(r[k]) if k in ("iteration", "epoch") else float(r[k]) for k in self.FIELDS} for r in rows]
+            rows = [r for r in csv.DictReader(f) if _row_iteration(r, self.fields) < float("inf")]
+        return [{k: int(r[k]) if k in ("iteration", "epoch") else float(r[k]) for k in self.fields} for r in rows]
 
     def append(self, row):
         new = not os.path.exists(self.path)
         with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
+            writer = csv.DictWriter(f, fieldnames=self.fields)
             if new:
                 writer.writeheader()
-            writer.writerow({k: _fmt(row[k]) for k in self.FIELDS})
+            writer.writerow({k: _fmt(row[k]) for k in self.fields})
 
 
-def _row_iteration(row):
+def _row_iteration(row, fields):
     try:
-        complete = all(row.get(k) not in (None, "") for k in LossLog.FIELDS)
+        complete = all(row.get(k) not in (None, "") for k in fields)
         return int(row["iteration"]) if complete else float("inf")
     except ValueError:
         return float("inf")
@@ -364,6 +365,10 @@ class Dashboard:
     def show(self, visuals):
         self._put(("images", visuals_grid(visuals)))
 
+    def plot_fid(self, row):
+        """Add a metrics.csv row (FID of each direction and their mean) to the FID plot."""
+        self._put(("fid", row))
+
     def close(self):
         """Send what is queued; a server that does not answer delays this by TIMEOUT_SECONDS at most."""
         self._put(None)
@@ -425,6 +430,10 @@ class Dashboard:
             scale = max(1.0, self.MIN_IMAGE_WIDTH / width)
             self.viz.image(payload, win="images", opts={"title": " | ".join(VISUAL_NAMES),
                                                          "width": round(width * scale), "height": round(height * scale)})
+        elif kind == "fid":
+            names = ("fid_A2B", "fid_B2A", "mean_fid")
+            self.viz.line(X=[[payload["epoch"]] * 3], Y=[[payload[n] for n in names]], win="fid", update="append",
+                          opts={"title": "FID (test split)", "xlabel": "epoch", "legend": list(names)})
         elif payload["iteration"] > self.plotted:  # rows up to `plotted` came with a replay
             self._lines([payload], update="append")
 
