@@ -229,6 +229,10 @@ def build_parser():
                    "and best/ keeps the weights with the lowest mean FID); 0 turns it off (default: 0)")
     p.add_argument("--inception", help="a local copy of pytorch-fid's Inception weights for --eval_every, "
                    "for machines without internet (default: downloaded once)")
+    p.add_argument("--eval_dims", type=int, default=2048, choices=(64, 192, 768, 2048),
+                   help="Inception features for --eval_every, as evaluate.py --dims: 2048 compares with published "
+                   "figures; fewer are faster on a CPU, where FID's matrix square root of 2048x2048 takes seconds "
+                   "(default: 2048)")
     p.add_argument("--no_visdom", action="store_true", help="do not send plots and images to visdom")
     p.add_argument("--visdom_server", default="http://localhost",
                    help="visdom server address, without the port (default: http://localhost)")
@@ -550,7 +554,7 @@ class TrainingRecord:
         far. A failed evaluation is a warning: training goes on."""
         command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "evaluate.py"),
                    "--dataroot", args.dataroot, "--weights", args.output, "--device", str(device),
-                   "--json", os.path.join(args.output, "metrics.json")]
+                   "--json", os.path.join(args.output, "metrics.json"), "--dims", str(args.eval_dims)]
         command += ["--inception", args.inception] if args.inception else []
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:

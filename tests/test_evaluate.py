@@ -131,10 +131,10 @@ def test_training_with_eval_every_logs_metrics_and_keeps_the_best_weights(tmp_pa
     data = make_dataset(tmp_path / "data")
     output = tmp_path / "run"
     result = run_script("train.py", "--dataroot", data, "--output", output, *TINY, "--n_epochs", "2",
-                        "--eval_every", "2", "--inception", random_inception)
+                        "--eval_every", "1", "--inception", random_inception, "--eval_dims", "64")
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(output / "metrics.csv")))
-    assert [(r["epoch"], r["iteration"]) for r in rows] == [("2", "14")]  # every 2 epochs
+    assert [(r["epoch"], r["iteration"]) for r in rows] == [("1", "7"), ("2", "14")]
     best = json.loads((output / "best" / "metrics.json").read_text())
     assert best["mean_fid"] == pytest.approx(min(float(r["mean_fid"]) for r in rows), rel=1e-5)
     assert sorted(os.listdir(output / "best")) == ["metrics.json", "netD_A.pth", "netD_B.pth", "netG_A2B.pth",
