@@ -60,26 +60,27 @@ mathjax@2.7.5 jax/output/SVG/fonts/TeX/Size1/Regular/Main.js js/mathjax/2.7.5/ja
 mathjax@2.7.5 jax/output/SVG/config.js js/mathjax/2.7.5/jax/output/SVG/config.js
 "
 
-# Download each package's tarball once, into $work/<package@version>/.
-tarball() {
-    local spec=$1 dir="$work/$1"
-    if [ ! -d "$dir" ]; then
-        mkdir -p "$dir"
-        (cd "$dir" && npm pack --silent "$spec" >/dev/null 2>npm.log) ||
-            die "npm pack $spec failed: $(grep -m1 -i 'err' "$dir/npm.log" || tail -n 1 "$dir/npm.log")" 1
-    fi
-    echo "$dir"/*.tgz
-}
+# Fetch every package's tarball with one npm call (npm downloads them in parallel).
+specs=$(printf '%s\n' "$ASSETS" | awk 'NF { print $1 }' | sort -u)
+# shellcheck disable=SC2086
+(cd "$work" && npm pack --silent $specs >/dev/null 2>npm.log) ||
+    die "npm pack failed: $(grep -m1 -i 'err' "$work/npm.log" || tail -n 1 "$work/npm.log")" 1
 
 # A marker left from an earlier, interrupted install must not say "built" before every file is in place.
 rm -f "$static/version.built"
+# Unpack the needed files of each package with one tar call per package.
+for spec in $specs; do
+    members=$(printf '%s\n' "$ASSETS" | awk -v spec="$spec" '$1 == spec { print "package/" $2 }')
+    mkdir -p "$work/$spec"
+    # shellcheck disable=SC2086
+    tar --warning=no-unknown-keyword -xzf "$work/${spec%@*}-${spec##*@}.tgz" -C "$work/$spec" $members 2>/dev/null ||
+        die "$spec lacks one of: $(echo $members)" 1
+done
 count=0
 while read -r spec source destination; do
     [ -n "$spec" ] || continue
-    archive=$(tarball "$spec")
     mkdir -p "$(dirname "$static/$destination")"
-    tar --warning=no-unknown-keyword -xzOf "$archive" "package/$source" > "$static/$destination.tmp" 2>/dev/null ||
-        { rm -f "$static/$destination.tmp"; die "$spec has no $source" 1; }
+    cp "$work/$spec/package/$source" "$static/$destination.tmp"
     mv "$static/$destination.tmp" "$static/$destination"
     count=$((count + 1))
 done <<< "$ASSETS"

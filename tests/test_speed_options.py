@@ -1,5 +1,4 @@
 """Mixed precision, channels-last, torch.compile and benchmark.py: same training, other arithmetic."""
-import csv
 import json
 import math
 
@@ -64,20 +63,19 @@ def test_training_with_amp_and_channels_last_runs_and_resumes(dataset, tmp_path)
     assert options["amp"] == "on" and options["channels_last"] and options["n_epochs"] == 2
 
 
-def test_compiled_training_learns_what_eager_training_learns_and_saves_the_authors_keys(dataset, tmp_path):
-    from models import Generator
-    runs = {}
-    for name, flags in (("eager", []), ("compiled", ["--compile"])):
-        result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / name, *TINY,
-                            "--n_epochs", "1", "--log_every", "1", *flags, in_process=False)
-        assert result.returncode == 0, result.stderr
-        runs[name] = list(csv.DictReader(open(tmp_path / name / "losses.csv")))
-    assert len(runs["compiled"]) == len(runs["eager"]) == 7
-    for eager, compiled in zip(runs["eager"], runs["compiled"]):
-        for loss in ("loss_G", "loss_G_cycle", "loss_D"):
-            assert float(compiled[loss]) == pytest.approx(float(eager[loss]), rel=1e-3), (eager["iteration"], loss)
-    weights = torch.load(tmp_path / "compiled" / "netG_A2B.pth", weights_only=True)
-    Generator(ngf=8, n_blocks=2).load_state_dict(weights)  # strict: no "_orig_mod." prefixes
+def test_compiled_networks_keep_the_authors_keys_and_compute_what_eager_ones_do():
+    import copy
+    model = CycleGAN(**SMALL)
+    eager = copy.deepcopy(model.G_A2B)
+    model.compile()  # what train.py --compile does
+    assert list(model.G_A2B.state_dict()) == list(eager.state_dict())  # no "_orig_mod." prefixes
+    real = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    compiled_out, eager_out = model.G_A2B(real), eager(real)
+    torch.testing.assert_close(compiled_out, eager_out, rtol=1e-4, atol=1e-5)
+    (compiled_out ** 2).mean().backward()
+    (eager_out ** 2).mean().backward()
+    for p, q in zip(model.G_A2B.parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-6)
 
 
 def test_benchmark_reports_medians_flops_memory_and_data_time_as_json(dataset, tmp_path):
