@@ -7,6 +7,7 @@ Writes RESULTS/A2B/<name>.png and RESULTS/B2A/<name>.png (the translations), RES
 and RESULTS/real_B/ (the inputs as the network saw them) and RESULTS/index.html.
 """
 import collections
+import functools
 import html
 import os
 import sys
@@ -157,9 +158,14 @@ def generator_states(weights, directions):
 
 def _read(path):
     try:
-        return load_weights(path)
+        return _load(os.path.abspath(path), os.stat(path).st_mtime_ns)
     except Exception as e:
         raise UserError(f"{path}: not a weights file torch can read safely ({type(e).__name__})")
+
+
+@functools.lru_cache(maxsize=2)  # holds_both and generator_states may both read one checkpoint.pth
+def _load(path, mtime_ns):
+    return load_weights(path)
 
 
 def build_generator(path, state, ngf, n_blocks, device):
