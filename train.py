@@ -24,12 +24,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from dashboard import Dashboard
 from datasets import EpochSampler, UnalignedDataset, domain_dir, ignore_stop_signals, list_images
 from models import Discriminator, Generator
-from utils import (LOSS_NAMES, ArgumentParser, Dashboard, ImagePool, LossLog, RunFailure, StopSignals, UserError,
+from utils import (LOSS_NAMES, VISUAL_NAMES, ArgumentParser, ImagePool, LossLog, RunFailure, StopSignals, UserError,
                    add_amp_argument, amp_dtype, atomic_save, atomic_write_text, default_workers, describe, fail,
                    linear_decay, load_weights, pick_device, precision_name, report_skipped, require, save_visuals,
-                   use_amp)
+                   use_amp, visuals_grid)
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
 CHECKPOINT_KEYS = {"model", "epoch", "position", "iteration", "seconds", "options", "rng"}
@@ -497,7 +498,7 @@ class TrainingRecord:
             self.metrics.truncate_after(iteration)
         self.dashboard = None if args.no_visdom or not self.writer else Dashboard(
             args.visdom_server, args.visdom_port, env=os.path.basename(os.path.normpath(args.output)),
-            options=vars(args), history=self.log.rows)
+            options=vars(args), history=self.log.rows, loss_names=LOSS_NAMES)
         self.start = time.perf_counter() - seconds
         self.total, self.count, self.read_at = None, 0, iteration
 
@@ -546,7 +547,7 @@ class TrainingRecord:
         if self.writer:
             save_visuals(visuals, os.path.join(self.samples, f"iter_{iteration:07d}.png"))
         if self.dashboard:
-            self.dashboard.show(visuals)
+            self.dashboard.show(visuals_grid(visuals), " | ".join(VISUAL_NAMES))
 
     def evaluate(self, args, epoch, iteration, device):
         """FID and KID of the weights just saved (evaluate.py, in its own process) into

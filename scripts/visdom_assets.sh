@@ -7,7 +7,10 @@
 #
 # Needs npm (Node.js) and the Python that has visdom installed ($PYTHON, default: python).
 # The only network access is `npm pack`, so an npm mirror set in npm's config works too.
-# The versions are those visdom 0.2.x downloads; the files land where visdom looks for them.
+# The file lists are those of the visdom releases requirements.txt allows (0.2.4 where pip
+# picks it, on Python 3.10 and 3.11; 0.3.0 on 3.12 and newer); any other release is refused,
+# because visdom fetches at start-up whichever of its files is missing, and a server that
+# fetches on a machine without internet stops before it serves a page.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python}
@@ -27,8 +30,9 @@ static="$visdom_dir/static"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# package@version, file inside the package, destination under visdom's static/ folder
-ASSETS="
+# package@version, file inside the package, destination under visdom's static/ folder:
+# first what both releases load, then each release's own files.
+COMMON_ASSETS="
 jquery@3.1.1 dist/jquery.min.js js/jquery.min.js
 bootstrap@3.3.7 dist/js/bootstrap.min.js js/bootstrap.min.js
 bootstrap@3.3.7 dist/css/bootstrap.min.css css/bootstrap.min.css
@@ -47,9 +51,11 @@ layout-bin-packer@1.4.0 dist/layout-bin-packer.js.map js/layout-bin-packer.js.ma
 d3@3.5.17 d3.min.js js/d3.v3.min.js
 d3-selection-multi@1.0.1 build/d3-selection-multi.js js/d3-selection-multi.v1.js
 save-svg-as-png@1.4.17 lib/saveSvgAsPng.js js/saveSvgAsPng.js
+classnames@2.2.5 index.js fonts/classnames
+"
+VISDOM_0_2_4_ASSETS="
 react-resizable@1.4.6 css/styles.css css/react-resizable-styles.css
 react-grid-layout@0.16.3 css/styles.css css/react-grid-layout-styles.css
-classnames@2.2.5 index.js fonts/classnames
 mathjax@2.7.5 MathJax.js js/mathjax/2.7.5/MathJax.js
 mathjax@2.7.5 config/Safe.js js/mathjax/2.7.5/config/Safe.js
 mathjax@2.7.5 config/TeX-AMS-MML_HTMLorMML.js js/mathjax/2.7.5/config/TeX-AMS-MML_HTMLorMML.js
@@ -59,6 +65,16 @@ mathjax@2.7.5 jax/output/SVG/jax.js js/mathjax/2.7.5/jax/output/SVG/jax.js
 mathjax@2.7.5 jax/output/SVG/fonts/TeX/Size1/Regular/Main.js js/mathjax/2.7.5/jax/output/SVG/fonts/TeX/Size1/Regular/Main.js
 mathjax@2.7.5 jax/output/SVG/config.js js/mathjax/2.7.5/jax/output/SVG/config.js
 "
+VISDOM_0_3_0_ASSETS="
+react-resizable@3.1.3 css/styles.css css/react-resizable-styles.css
+react-grid-layout@2.2.3 css/styles.css css/react-grid-layout-styles.css
+mathjax@3.2.2 es5/tex-mml-svg.js js/mathjax/3.2.2/es5/tex-mml-svg.js
+"
+case "$version" in
+0.2.4) ASSETS="$COMMON_ASSETS$VISDOM_0_2_4_ASSETS" ;;
+0.3.0) ASSETS="$COMMON_ASSETS$VISDOM_0_3_0_ASSETS" ;;
+*) die "visdom $version is installed, and this script knows the files of visdom 0.2.4 and 0.3.0 only; install the README's requirements (pip install -r requirements.txt), which keep visdom to those" ;;
+esac
 
 # Fetch every package's tarball with one npm call (npm downloads them in parallel).
 specs=$(printf '%s\n' "$ASSETS" | awk 'NF { print $1 }' | sort -u)

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from conftest import ROOT, TINY, free_port, run_script, start_visdom_server, stop
-from utils import LOSS_NAMES, Dashboard
+from dashboard import Dashboard
+from utils import LOSS_NAMES
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ class Run:
     def __init__(self, port):
         self.rows = []
         self.dashboard = Dashboard("http://localhost", port, env="run", options={"size": 32},
-                                   history=lambda: list(self.rows))
+                                   history=lambda: list(self.rows), loss_names=LOSS_NAMES)
 
     def log(self, iteration):
         self.rows.append(row(iteration))

@@ -1,0 +1,100 @@
+"""Run by .ci/visdom_check.sh with no network but loopback, in a venv holding only visdom,
+tornado and tqdm: `python -m visdom.server` starts, its page and every asset the page links
+answer 200, and dashboard.Dashboard's plots, image and options arrive."""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402  (visdom requires numpy)
+import tornado  # noqa: E402
+import visdom  # noqa: E402
+
+from dashboard import Dashboard  # noqa: E402
+
+LOSS_NAMES = ("loss_G", "loss_D")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port, env_path, log):
+    server = subprocess.Popen([sys.executable, "-m", "visdom.server", "-port", str(port), "-env_path", env_path],
+                              stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return server
+        time.sleep(0.2)
+    server.kill()
+    log.seek(0)
+    sys.exit(f"visdom_offline: visdom.server did not start; its last line: {log.read().splitlines()[-1:]}")
+
+
+def status(url):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+
+
+def check_page(base):
+    code, page = status(base + "/")
+    assert code == 200, f"/ answered {code}"
+    assets = sorted(set(re.findall(r"""(?:src|href)=["']?(/static/[^"'\s>]+)""", page)))
+    assert any("plotly" in a for a in assets), f"the page links no plotly: {assets}"
+    # Resolved as a browser does: the page's ../user/style.css link becomes /user/style.css.
+    failed = [(asset, code) for asset in assets if (code := status(urllib.parse.urljoin(base, asset))[0]) != 200]
+    assert not failed, f"assets that did not answer 200: {failed}"
+    return len(assets)
+
+
+def check_dashboard(port):
+    rows = [{"iteration": i, "epoch": 1, **{n: 1.0 / i for n in LOSS_NAMES}, "lr": 2e-4} for i in (1, 2, 3)]
+    dashboard = Dashboard("http://localhost", port, env="check", options={"check": True},
+                          history=lambda: rows[:2], loss_names=LOSS_NAMES)
+    dashboard.plot(rows[2])
+    dashboard.show(np.linspace(0, 1, 3 * 16 * 24).reshape(3, 16, 24), "a | b")
+    dashboard.plot_fid({"epoch": 1, "fid_A2B": 100.0, "fid_B2A": 120.0, "mean_fid": 110.0})
+    dashboard.close()
+    viz = visdom.Visdom(port=port, env="check", use_incoming_socket=False)
+    windows = {win: json.loads(viz.get_window_data(win, env="check")) for win in (*LOSS_NAMES, "lr", "fid")}
+    for name in LOSS_NAMES:
+        assert [trace["x"] for trace in windows[name]["content"]["data"]] == [[1, 2, 3]] * 2, windows[name]
+    assert windows["lr"]["content"]["data"][0]["y"] == [2e-4] * 3
+    assert [trace["y"] for trace in windows["fid"]["content"]["data"]] == [[100.0], [120.0], [110.0]]
+    for win, kind in (("images", "image"), ("options", "text")):
+        assert json.loads(viz.get_window_data(win, env="check"))["type"] == kind, win
+
+
+def main():
+    port = free_port()
+    with tempfile.TemporaryDirectory() as env_path, tempfile.TemporaryFile("w+") as log:
+        server = start_server(port, env_path, log)
+        try:
+            assets = check_page(f"http://localhost:{port}")
+            check_dashboard(port)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    print(f"visdom_check: Python {sys.version.split()[0]}, visdom {visdom.__version__}, tornado {tornado.version}: "
+          f"with no network, the page and its {assets} assets answer 200, and the dashboard's plots, image "
+          "and options arrive")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The visdom dashboard of a training run: a plot per loss, the learning rate, the sample
+images, FID, and the run's options.
+
+It imports neither torch nor the rest of the project, so that CI can check it against the
+visdom release each Python gets, in a small environment (.ci/visdom_check.sh).
+"""
+import contextlib
+import io
+import json
+import logging
+import queue
+import sys
+import threading
+import time
+import warnings
+
+from tqdm import tqdm
+
+
+class Dashboard:
+    """Visdom plots of a run, in one environment named after it: one plot per loss (the
+    logged means and a smoothed curve), the learning rate, the six-image panel and the
+    options.
+
+    Everything is sent from a background thread, so training never waits for visdom. With
+    no server, or when it stops answering, updates are dropped and a connection is tried
+    again at most every RETRY_SECONDS. On every (re)connection the environment is cleared
+    and the plots are rebuilt from the run's history (the rows of losses.csv), so a
+    restarted server or a resumed run shows the whole run, and nothing of an older run
+    with the same name.
+    """
+
+    RETRY_SECONDS = 10
+    TIMEOUT_SECONDS = 5
+    SMOOTHING = 0.8  # weight of the past in the exponential moving average
+    MIN_IMAGE_WIDTH = 600
+
+    def __init__(self, server, port, env, *, options, history, loss_names):
+        self.server, self.port, self.env = server, port, env
+        self.options, self.history, self.loss_names = options, history, loss_names
+        self.viz, self.last_attempt, self.warned, self.plotted = None, -float("inf"), False, 0
+        self.smooth = {}
+        self.queue = queue.Queue(maxsize=64)
+        self.thread = threading.Thread(target=self._run, name="visdom", daemon=True)
+        self.thread.start()
+
+    def plot(self, row):
+        """Add a losses.csv row (iteration, the losses, lr) to the plots."""
+        self._put(("plot", row))
+
+    def show(self, image, title):
+        """Show a (3, H, W) image with values in [0, 1] (a tensor or an array)."""
+        self._put(("images", (image, title)))
+
+    def plot_fid(self, row):
+        """Add a metrics.csv row (FID of each direction and their mean) to the FID plot."""
+        self._put(("fid", row))
+
+    def close(self):
+        """Send what is queued; a server that does not answer delays this by TIMEOUT_SECONDS at most."""
+        self._put(None)
+        self.thread.join(timeout=self.TIMEOUT_SECONDS + 1)
+
+    def _put(self, item):
+        try:
+            self.queue.put_nowait(item)
+        except queue.Full:  # visdom is slower than training: drop the update, not the pace
+            pass
+
+    def _run(self):
+        self._connect()
+        while (item := self.queue.get()) is not None:
+            if self.viz is None and not self._connect():
+                continue
+            try:
+                self._send(*item)
+            except Exception as e:
+                self.viz, self.warned = None, True
+                _warn(f"visdom stopped answering ({type(e).__name__}); training goes on, and the plots "
+                      f"come back when the server does")
+
+    def _connect(self):
+        if time.monotonic() - self.last_attempt < self.RETRY_SECONDS:
+            return False
+        self.last_attempt = time.monotonic()
+        try:
+            viz = _visdom_client(self.server, self.port, self.env, self.TIMEOUT_SECONDS)
+            viz._win_exists_wrap("options")  # raises when no server answers (win_exists would print)
+            self.viz = viz
+            # Start from an empty environment: it may hold an older run of the same name.
+            self.viz.close(win=None)
+            self.viz.text("<pre>" + json.dumps(self.options, indent=1) + "</pre>", win="options")
+            self._replay()
+        except Exception:
+            self.viz = None
+            if not self.warned:
+                _warn(f"no visdom server answers at {self.server}:{self.port}; training goes on and "
+                      f"connects when one does. Start one with `python -m visdom.server -port {self.port}` "
+                      f"or pass --no_visdom.")
+                self.warned = True
+            return False
+        if self.warned:
+            _warn(f"visdom answers again at {self.server}:{self.port}; plots rebuilt from losses.csv")
+            self.warned = False
+        return True
+
+    def _replay(self):
+        rows = self.history()
+        self.smooth, self.plotted = {}, 0
+        if rows:
+            self._lines(rows, update=None)
+
+    def _send(self, kind, payload):
+        if kind == "images":
+            image, title = payload
+            # Small training crops are shown enlarged, at least MIN_IMAGE_WIDTH pixels wide.
+            height, width = image.shape[-2:]
+            scale = max(1.0, self.MIN_IMAGE_WIDTH / width)
+            self.viz.image(image, win="images", opts={"title": title, "width": round(width * scale),
+                                                      "height": round(height * scale)})
+        elif kind == "fid":
+            names = ("fid_A2B", "fid_B2A", "mean_fid")
+            self.viz.line(X=[[payload["epoch"]] * 3], Y=[[payload[n] for n in names]], win="fid", update="append",
+                          opts={"title": "FID (test split)", "xlabel": "epoch", "legend": list(names)})
+        elif payload["iteration"] > self.plotted:  # rows up to `plotted` came with a replay
+            self._lines([payload], update="append")
+
+    def _lines(self, rows, update):
+        x = [row["iteration"] for row in rows]
+        for name in self.loss_names:
+            raw = [row[name] for row in rows]
+            smoothed = [self._smoothed(name, value) for value in raw]
+            self.viz.line(X=[[i, i] for i in x], Y=[list(pair) for pair in zip(raw, smoothed)], win=name,
+                          update=update, opts={"title": name, "xlabel": "iteration", "showlegend": True,
+                                               "legend": [name, f"{name} (smoothed)"]})
+        self.viz.line(X=x, Y=[row["lr"] for row in rows], win="lr", update=update,
+                      opts={"title": "learning rate", "xlabel": "iteration", "legend": ["lr"]})
+        self.plotted = x[-1]
+
+    def _smoothed(self, name, value):
+        """Bias-corrected exponential moving average, as TensorBoard's smoothing."""
+        average, n = self.smooth.get(name, (0.0, 0))
+        average, n = self.SMOOTHING * average + (1 - self.SMOOTHING) * value, n + 1
+        self.smooth[name] = (average, n)
+        return average / (1 - self.SMOOTHING ** n)
+
+
+def _visdom_client(server, port, env, timeout):
+    import visdom
+
+    class Client(visdom.Visdom):
+        def _handle_post(self, url, data=None):
+            # visdom's own requests have no timeout: a hung server would hang this thread.
+            return self.session.post(url, data=data or {}, timeout=timeout).text
+
+    # visdom logs a session line and a traceback per failed request; our warnings say what
+    # the user needs.
+    logging.getLogger("visdom").setLevel(logging.CRITICAL)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return Client(server=server, port=port, env=env, raise_exceptions=True, use_incoming_socket=False)
+
+
+def _warn(message):
+    tqdm.write(f"warning: {message}", file=sys.stderr)  # on its own line, above any progress bar
