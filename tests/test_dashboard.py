@@ -135,6 +135,17 @@ def test_the_assets_script_without_visdom_says_so_in_one_line(tmp_path):
     assert "visdom is not installed" in result.stderr
 
 
+
+@pytest.mark.skipif(not shutil.which("npm"), reason="npm is not installed")
+def test_the_assets_script_refuses_a_visdom_release_whose_files_it_does_not_know(tmp_path):
+    future = tmp_path / "visdom"
+    (future / "static").mkdir(parents=True)
+    (future / "__init__.py").write_text("__version__ = '0.9.0'\n")
+    result = run_assets_script(PYTHONPATH=str(tmp_path))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "visdom 0.9.0 is installed" in result.stderr and "0.2.4 and 0.3.0" in result.stderr
+    assert os.listdir(future / "static") == []
+
 def test_a_new_run_replaces_the_plots_of_an_older_run_with_the_same_name(tmp_path, fast_retries):
     port = free_port()
     server = start_visdom_server(port, tmp_path / "env")
