@@ -92,10 +92,13 @@ def run(args):
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise UserError(f"--json {args.json}: no such folder")
     device = pick_device(args.device)
+    torch.backends.cudnn.benchmark = True  # as train.py: one input size throughout
     model = CycleGAN(device=device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks,
                      amp=use_amp(args.amp, device), channels_last=args.channels_last)
     g = torch.Generator().manual_seed(0)
     real_A, real_B = (torch.rand(args.batch_size, 3, args.size, args.size, generator=g) * 2 - 1 for _ in "AB")
+    if device.type == "cuda":  # as train.py's loader: pinned, so copies to the GPU do not block
+        real_A, real_B = real_A.pin_memory(), real_B.pin_memory()
 
     def train_step():
         model.update(real_A, real_B)

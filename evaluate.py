@@ -155,10 +155,12 @@ def evaluate(dataroot, results, model, device, args):
 
 
 def translate(args):
-    """Translate the test images with the generators in --weights, as test.py does."""
+    """Translate the test images with the generators in --weights, as test.py does, in fp32
+    (test.py's --amp auto would score the same weights differently on a GPU and a CPU)."""
     results = os.path.join(args.weights, "results")
     command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "test.py"),
-               "--dataroot", args.dataroot, "--weights", args.weights, "--results", results, "--device", args.device]
+               "--dataroot", args.dataroot, "--weights", args.weights, "--results", results, "--device", args.device,
+               "--amp", "off"]
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode:
         lines = done.stderr.strip().splitlines()

@@ -3,6 +3,9 @@
 Layers sit in `self.model = nn.Sequential(...)` in the same order as the authors' PyTorch
 release, so `state_dict()` keys and shapes equal theirs and their published generators
 (horse2zebra.pth, style_monet.pth, ...) load with `strict=True`.
+
+Activations are not in place (the authors' are): an in-place ReLU overwrites the output of
+the InstanceNorm before it, which autograd then has to keep a copy of for the backward pass.
 """
 import torch
 from torch import nn
@@ -20,7 +23,7 @@ class ResnetBlock(nn.Module):
     def __init__(self, dim):
         super().__init__()
         self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), _norm(dim), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), _norm(dim), nn.ReLU(),
             nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), _norm(dim),
         )
 
@@ -36,15 +39,15 @@ class Generator(nn.Module):
 
     def __init__(self, in_ch=3, out_ch=3, ngf=64, n_blocks=9):
         super().__init__()
-        layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7), _norm(ngf), nn.ReLU(True)]
+        layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7), _norm(ngf), nn.ReLU()]
         for mult in (1, 2):
             layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1),
-                       _norm(ngf * mult * 2), nn.ReLU(True)]
+                       _norm(ngf * mult * 2), nn.ReLU()]
         layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
         for mult in (4, 2):
             layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1,
                                           output_padding=1),
-                       _norm(ngf * mult // 2), nn.ReLU(True)]
+                       _norm(ngf * mult // 2), nn.ReLU()]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_ch, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
         init_weights(self)
@@ -61,13 +64,13 @@ class Discriminator(nn.Module):
 
     def __init__(self, in_ch=3, ndf=64, n_layers=3):
         super().__init__()
-        layers = [nn.Conv2d(in_ch, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        layers = [nn.Conv2d(in_ch, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         channels = ndf
         for n in range(1, n_layers + 1):
             out = ndf * min(2 ** n, 8)
             stride = 2 if n < n_layers else 1
             layers += [nn.Conv2d(channels, out, 4, stride=stride, padding=1), _norm(out),
-                       nn.LeakyReLU(0.2, True)]
+                       nn.LeakyReLU(0.2)]
             channels = out
         layers += [nn.Conv2d(channels, 1, 4, stride=1, padding=1)]
         self.model = nn.Sequential(*layers)

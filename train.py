@@ -7,6 +7,7 @@
 that resume exactly (`--resume`).
 """
 import contextlib
+import datetime
 import hashlib
 import itertools
 import json
@@ -88,10 +89,15 @@ class CycleGAN:
         real_A = real_A.to(self.device, non_blocking=True, memory_format=self.memory_format)
         real_B = real_B.to(self.device, non_blocking=True, memory_format=self.memory_format)
         G_A2B, G_B2A, D_A, D_B = (self.synced.get(name, net) for name, net in self.networks().items())
+        identity = self.lambda_identity > 0
         with self.autocast():
-            fake_B = G_A2B(real_A)
-            rec_A = G_B2A(fake_B)
-            fake_A = G_B2A(real_B)
+            # InstanceNorm normalises each image on its own, so passes through the same
+            # network can share one call: same outputs and gradients as separate calls, to
+            # float rounding, with fewer and larger kernels. G_A2B(real_B) and G_B2A(real_A)
+            # are the identity passes: a generator should leave an image of its target
+            # domain unchanged (Taigman et al.).
+            fake_B, *idt_B = _batched(G_A2B, real_A, *[real_B] * identity)
+            fake_A, rec_A, *idt_A = _batched(G_B2A, real_B, fake_B, *[real_A] * identity)
             rec_B = G_A2B(fake_A)
 
             # The discriminators are frozen here and called unwrapped: their gradient is not
@@ -100,10 +106,8 @@ class CycleGAN:
             loss_G_GAN = lsgan(self.D_B(fake_B), True) + lsgan(self.D_A(fake_A), True)
             loss_G_cycle = self.lambda_cycle * (l1(rec_A, real_A) + l1(rec_B, real_B))
             loss_G_identity = torch.zeros((), device=self.device)
-            if self.lambda_identity > 0:
-                # G_A2B should leave a B image unchanged, G_B2A an A image (Taigman et al.).
-                identity = l1(G_A2B(real_B), real_B) + l1(G_B2A(real_A), real_A)
-                loss_G_identity = self.lambda_cycle * self.lambda_identity * identity
+            if identity:
+                loss_G_identity = self.lambda_cycle * self.lambda_identity * (l1(*idt_B, real_B) + l1(*idt_A, real_A))
             loss_G = loss_G_GAN + loss_G_cycle + loss_G_identity
         self._update(self.opt_G, loss_G)
 
@@ -126,7 +130,8 @@ class CycleGAN:
     @staticmethod
     def _discriminator_loss(D, real, fake):
         # Halved so that D learns at half the rate of G, as in the paper.
-        return 0.5 * (lsgan(D(real), True) + lsgan(D(fake.detach()), False))
+        on_real, on_fake = _batched(D, real, fake.detach())
+        return 0.5 * (lsgan(on_real, True) + lsgan(on_fake, False))
 
     def compile(self):
         """torch.compile the four networks in place (their state_dict keys stay the same).
@@ -179,6 +184,13 @@ def lsgan(prediction, is_real):
 
 def l1(x, y):
     return nn.functional.l1_loss(x.float(), y.float())
+
+
+def _batched(net, *inputs):
+    """net applied to each input, in one call on their concatenation (exact for networks
+    without batch statistics, as all four here)."""
+    outputs = net(torch.cat(inputs)) if len(inputs) > 1 else net(inputs[0])
+    return outputs.split([len(x) for x in inputs])
 
 
 def _set_requires_grad(nets, flag):
@@ -316,8 +328,7 @@ def save_run(model, args, launch, epoch, position, iteration, seconds):
         atomic_save(net.state_dict(), os.path.join(args.output, f"net{name}.pth"))
     checkpoint = {"model": model.state_dict(), "epoch": epoch, "position": position, "iteration": iteration,
                   "seconds": seconds, "options": vars(args), "world_size": launch.world_size,
-                  "rng": {"torch": torch.get_rng_state(),
-                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+                  "rng": {"torch": torch.get_rng_state()}}  # training never draws from a CUDA generator
     atomic_save(checkpoint, os.path.join(args.output, "checkpoint.pth"))
 
 
@@ -346,7 +357,10 @@ class Launch:
             if self.device.type == "cuda":
                 self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
                 torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            # Long enough for the processes that wait at a barrier while rank 0 runs an
+            # --eval_every evaluation (NCCL's default is 10 minutes); torchrun itself ends the
+            # group when a process dies.
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
 
     def close(self):
         if self.torchrun and dist.is_initialized():
@@ -474,8 +488,6 @@ def restore(model, checkpoint, launch):
     except (RuntimeError, KeyError, ValueError) as e:
         raise UserError(f"--resume: the checkpoint's weights do not fit its options ({describe(e)})")
     torch.set_rng_state(checkpoint["rng"]["torch"])
-    if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
     if launch.rank == 0:
         print(f"resuming at epoch {checkpoint['epoch'] + 1}, iteration {checkpoint['iteration']}")
     return checkpoint["epoch"], checkpoint["position"], checkpoint["iteration"], checkpoint["seconds"]

@@ -109,6 +109,9 @@ def pick_device(name):
             raise UserError(f"--device {name}: this machine has no usable CUDA GPU; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+        if device.index is not None:
+            # Else CUDA's context, cuDNN's handles and plain .cuda() calls land on GPU 0 as well.
+            torch.cuda.set_device(device)
     elif device.type != "cpu":
         raise UserError(f"--device {name}: not supported; use auto, cpu, cuda or cuda:N")
     return device
@@ -125,8 +128,15 @@ def use_amp(choice, device):
     """Resolve --amp auto|on|off for a device: auto is on only where bf16 runs natively on
     a GPU; on CPUs without bf16 instructions autocast is several times slower."""
     if choice == "auto":
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return native_bf16(device)
     return choice == "on"
+
+
+def native_bf16(device):
+    """bf16 tensor cores: CUDA compute capability 8.0 (Ampere) or newer. Not
+    torch.cuda.is_bf16_supported(), which also counts emulation (T4, V100) and asks about
+    the current device rather than this one."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def precision_name(dtype):
@@ -136,7 +146,7 @@ def precision_name(dtype):
 def amp_dtype(device):
     """The --amp precision: bf16 where the device supports it, else fp16 (with gradient scaling)."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     return torch.bfloat16
 
 
@@ -159,13 +169,15 @@ class ImagePool:
         out = []
         for image in images.detach():
             image = image.unsqueeze(0)
+            # Stored as copies: a view would keep the whole batch of generator outputs it
+            # came from alive, in memory and in every checkpoint.
             if len(self.images) < self.pool_size:
-                self.images.append(image)
+                self.images.append(image.clone())
                 out.append(image)
             elif self.rng.uniform(0, 1) > 0.5:
                 i = self.rng.randint(0, self.pool_size - 1)
                 out.append(self.images[i].clone())
-                self.images[i] = image
+                self.images[i] = image.clone()
             else:
                 out.append(image)
         # Stored images may be of another precision (a run resumed with or without --amp).

@@ -119,6 +119,20 @@ def test_resume_keeps_the_options_of_the_run(dataset, tmp_path):
     assert (options["lambda_cycle"], options["n_epochs"], options["ngf"], options["size"]) == (5.0, 2, 8, 32)
 
 
+
+def test_checkpoints_keep_no_cuda_generator_state_and_resume_from_ones_that_do(dataset, tmp_path):
+    # One CUDA state per visible GPU was saved once, and restoring them all failed where
+    # fewer GPUs were visible; training never draws from a CUDA generator.
+    out = str(tmp_path / "run")
+    assert train(dataset, out, "--n_epochs", "1").returncode == 0
+    path = os.path.join(out, "checkpoint.pth")
+    checkpoint = torch.load(path, weights_only=True)
+    assert set(checkpoint["rng"]) == {"torch"}
+    checkpoint["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 8  # saved on an 8-GPU machine
+    torch.save(checkpoint, path)
+    result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume", "--n_epochs", "2")
+    assert result.returncode == 0, result.stderr
+
 def test_resume_refuses_other_architecture_flags(dataset, tmp_path):
     out = str(tmp_path / "run")
     assert train(dataset, out, "--n_epochs", "1").returncode == 0

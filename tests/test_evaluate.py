@@ -149,3 +149,14 @@ def test_eval_every_without_inception_weights_stops_before_training(tmp_path):
                         "--inception", tmp_path / "missing.pth")
     assert result.returncode == 2 and "--inception" in result.stderr
     assert not (tmp_path / "run" / "checkpoint.pth").exists()
+
+
+def test_evaluate_translates_in_fp32_whatever_the_device(monkeypatch, tmp_path):
+    evaluate = load_script("evaluate.py")
+    commands = []
+    monkeypatch.setattr(evaluate.subprocess, "run", lambda command, **kw: commands.append(command)
+                        or evaluate.subprocess.CompletedProcess(command, 0, stderr=""))
+    args = evaluate.build_parser().parse_args(["--dataroot", str(tmp_path), "--weights", str(tmp_path), "--device", "cuda"])
+    evaluate.translate(args)
+    command = commands[0]
+    assert command[command.index("--amp") + 1] == "off"

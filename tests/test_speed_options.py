@@ -34,6 +34,36 @@ def test_amp_auto_is_off_on_a_cpu_and_the_bare_flag_means_on():
     assert parse(["--dataroot", "d", "--amp", "off"]).amp == "off" and not use_amp("off", cpu)
 
 
+
+@pytest.mark.parametrize("capability,native", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_amp_auto_picks_bf16_only_on_gpus_with_bf16_tensor_cores(monkeypatch, capability, native):
+    # torch.cuda.is_bf16_supported() says yes on a T4 or V100 too (emulated bf16): not asked.
+    from utils import amp_dtype, use_amp
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    gpu = torch.device("cuda", 1)
+    assert use_amp("auto", gpu) is native
+    assert amp_dtype(gpu) == (torch.bfloat16 if native else torch.float16)
+    assert asked and all(device == gpu for device in asked)
+
+
+def test_an_explicit_cuda_device_becomes_the_current_one(monkeypatch):
+    from utils import pick_device
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    assert current == [torch.device("cuda", 1)]
+
+
+def test_activations_do_not_overwrite_the_instance_norm_outputs_autograd_needs():
+    from models import Discriminator, Generator
+    activations = [m for net in (Generator(ngf=8, n_blocks=1), Discriminator(ndf=8)) for m in net.modules()
+                   if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))]
+    assert activations and not any(m.inplace for m in activations)
+
 def test_training_names_the_precision_it_runs_in(dataset, tmp_path):
     for flags, precision in (([], "fp32"), (["--amp"], "bfloat16 autocast")):
         result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / precision, *TINY,

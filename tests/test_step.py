@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from authors import AuthorsCycleGAN
+from models import Discriminator, Generator
 from train import CycleGAN
 from utils import ImagePool, linear_decay
 
@@ -79,9 +80,10 @@ def biases_cancelled_by_instance_norm(net):
             if isinstance(norm, nn.InstanceNorm2d) and getattr(conv, "bias", None) is not None}
 
 
-def test_three_steps_match_the_authors_algorithm_to_float32_rounding():
-    ours = CycleGAN(**SMALL, pool_size=2, seed=3)
-    theirs = AuthorsCycleGAN(ours, pool_size=2, seed=3)
+@pytest.mark.parametrize("lambda_identity", [0.5, 0.0])
+def test_three_steps_match_the_authors_algorithm_to_float32_rounding(lambda_identity):
+    ours = CycleGAN(**SMALL, pool_size=2, seed=3, lambda_identity=lambda_identity)
+    theirs = AuthorsCycleGAN(ours, pool_size=2, seed=3, lambda_idt=lambda_identity)
     batches = torch.Generator().manual_seed(0)
     for _ in range(3):  # the buffer fills in steps 1-2; step 3 swaps or passes at random
         real_A = torch.rand(1, 3, 32, 32, generator=batches) * 2 - 1
@@ -102,6 +104,33 @@ def test_three_steps_match_the_authors_algorithm_to_float32_rounding():
                 torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(mine(probe), authors(probe), rtol=1e-5, atol=1e-5)
     assert not torch.equal(ours.G_A2B.model[1].weight, CycleGAN(**SMALL, seed=3).G_A2B.model[1].weight)
+
+
+@pytest.mark.parametrize("network", [Generator(ngf=4, n_blocks=1), Discriminator(ndf=4)], ids=["G", "D"])
+def test_one_call_on_a_batch_gives_each_image_the_outputs_and_gradients_of_its_own_call(network):
+    # What lets the step run G_A2B(real_A) with G_A2B(real_B), and D(real) with D(fake), as one call.
+    network = network.double()
+    inputs = [torch.rand(1, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    weights = [torch.rand_like(network(x)) for x in inputs]  # a different loss per image
+
+    def outputs_and_gradients(outputs):
+        network.zero_grad()
+        sum((w * y).sum() for w, y in zip(weights, outputs)).backward()
+        return [y.detach() for y in outputs], [p.grad.clone() for p in network.parameters()]
+
+    separate = outputs_and_gradients([network(x) for x in inputs])
+    batched = outputs_and_gradients(network(torch.cat(inputs)).split(1))
+    for a, b in zip(separate[0] + separate[1], batched[0] + batched[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_pool_stores_copies_that_do_not_hold_on_to_the_batch_they_came_from():
+    pool = ImagePool(2)
+    batch = images(4)
+    pool.query(batch)
+    assert all(im.untyped_storage().nbytes() == batch[0].numel() * batch.element_size() for im in pool.images)
+    batch.zero_()
+    assert all(im.abs().sum() > 0 for im in pool.images)
 
 
 def images(n, value=None):
