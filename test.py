@@ -7,6 +7,7 @@ Writes RESULTS/A2B/<name>.png and RESULTS/B2A/<name>.png (the translations), RES
 and RESULTS/real_B/ (the inputs as the network saw them) and RESULTS/index.html.
 """
 import collections
+import copy
 import functools
 import html
 import os
@@ -224,13 +225,10 @@ def run_direction(G, paths, results, direction, device, args, G_back=None):
     loader = torch.utils.data.DataLoader(ImageFiles(paths), batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda")
     done, writes = [], []
-    autocast = torch.autocast(device.type, dtype=amp_dtype(device), enabled=use_amp(args.amp, device))
+    translator = Translator(G, G_back, device, use_amp(args.amp, device))
     with ThreadPoolExecutor(max_workers=1) as writer, tqdm(desc=direction, total=len(paths)) as bar:
         for images, indices in same_size_batches(loader, args.batch_size):
-            with autocast:
-                fakes = translate(G, images.to(device, non_blocking=True))
-                recs = [None] * len(fakes) if G_back is None else translate(G_back, fakes).float().cpu()
-                fakes = fakes.float().cpu()
+            fakes, recs = translator(images, [names[i] for i in indices])
             for image, fake, rec, i in zip(images, fakes, recs, indices):
                 writes.append(writer.submit(save_images, image, fake, rec, results, direction, names[i]))
                 done.append(names[i])
@@ -238,6 +236,35 @@ def run_direction(G, paths, results, direction, device, args, G_back=None):
         for write in writes:
             write.result()  # a failed write (a full disk) raises here
     return done
+
+
+class Translator:
+    """G, and G_back where given, on the device. A batch too large for the GPU's memory is
+    translated by CPU copies of them instead, with a warning naming its images."""
+
+    def __init__(self, G, G_back, device, amp):
+        self.nets, self.device, self.on_cpu = (G, G_back), device, None
+        self.autocast = torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp)
+
+    def __call__(self, images, names):
+        """The translations and reconstructions (None where there is no G_back), on the CPU."""
+        try:
+            with self.autocast:
+                return self._run(*self.nets, images.to(self.device, non_blocking=True))
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if self.on_cpu is None:
+                self.on_cpu = [None if net is None else copy.deepcopy(net).cpu() for net in self.nets]
+            height, width = images.shape[-2:]
+            tqdm.write(f"warning: {', '.join(names)} ({width}x{height}) does not fit in {self.device}'s memory; "
+                       "translated on the CPU", file=sys.stderr)
+            return self._run(*self.on_cpu, images)
+
+    @staticmethod
+    def _run(G, G_back, images):
+        fakes = translate(G, images)
+        recs = [None] * len(fakes) if G_back is None else translate(G_back, fakes).float().cpu()
+        return fakes.float().cpu(), recs
 
 
 def same_size_batches(loader, batch_size):

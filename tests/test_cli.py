@@ -295,3 +295,22 @@ def test_worker_processes_do_not_change_what_is_learned(dataset, tmp_path, singl
     assert run_script("train.py", *common, "--output", tmp_path / "w0", "--workers", "0").returncode == 0
     assert run_script("train.py", *common, "--output", tmp_path / "w2", "--workers", "2").returncode == 0
     assert_same_weights(tmp_path / "w0", tmp_path / "w2")
+
+
+def test_a_photo_too_large_for_gpu_memory_is_translated_on_the_cpu_with_one_warning(monkeypatch, capsys):
+    test_py = load_script("test.py")
+    from models import Generator, translate
+    G = Generator(ngf=8, n_blocks=1).eval()
+
+    def translate_within_memory(net, images):
+        if net is G and images.shape[-1] > 40:  # only the device's own copy runs out
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return translate(net, images)
+
+    monkeypatch.setattr(test_py, "translate", translate_within_memory)
+    translator = test_py.Translator(G, None, torch.device("cpu"), amp=False)
+    small, large = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 48, 64) * 2 - 1
+    with torch.inference_mode():
+        assert torch.equal(translator(small, ["small"])[0], translate(G, small))
+        assert torch.equal(translator(large, ["large"])[0], translate(G, large))
+    assert capsys.readouterr().err.strip() == "warning: large (64x48) does not fit in cpu's memory; translated on the CPU"
