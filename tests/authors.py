@@ -5,7 +5,7 @@ with its defaults. Their netG_A is our G_A2B, and their netD_A judges domain B, 
 test_step.py pins our step to it; run as a script it times it as a baseline, beside
 benchmark.py:
 
-    python tests/authors.py --size 128 --iters 5
+    python tests/authors.py --size 128 --iters 5 [--device cuda]
 """
 import copy
 import itertools
@@ -58,10 +58,15 @@ class AuthorsCycleGAN:
     def __init__(self, ours, lambda_A=10.0, lambda_B=10.0, lambda_idt=0.5, pool_size=2, seed=0):
         self.netG_A, self.netG_B = copy.deepcopy(ours.G_A2B), copy.deepcopy(ours.G_B2A)
         self.netD_A, self.netD_B = copy.deepcopy(ours.D_B), copy.deepcopy(ours.D_A)
+        for net in (self.netG_A, self.netG_B, self.netD_A, self.netD_B):
+            for module in net.modules():  # their ReLU(True) and LeakyReLU(0.2, True)
+                if isinstance(module, (nn.ReLU, nn.LeakyReLU)):
+                    module.inplace = True
         self.lambda_A, self.lambda_B, self.lambda_idt = lambda_A, lambda_B, lambda_idt
         self.fake_A_pool = AuthorsPool(pool_size, random.Random(2 * seed))
         self.fake_B_pool = AuthorsPool(pool_size, random.Random(2 * seed + 1))
-        self.criterionGAN, self.criterionCycle, self.criterionIdt = AuthorsGANLoss(), nn.L1Loss(), nn.L1Loss()
+        device = next(ours.G_A2B.parameters()).device
+        self.criterionGAN, self.criterionCycle, self.criterionIdt = AuthorsGANLoss().to(device), nn.L1Loss(), nn.L1Loss()
         self.optimizer_G = torch.optim.Adam(itertools.chain(self.netG_A.parameters(), self.netG_B.parameters()),
                                             lr=2e-4, betas=(0.5, 0.999))
         self.optimizer_D = torch.optim.Adam(itertools.chain(self.netD_A.parameters(), self.netD_B.parameters()),
@@ -108,22 +113,26 @@ def main():
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from benchmark import check_args, summary, timed
     from train import CycleGAN
-    from utils import ArgumentParser, UserError, fail
-    p = ArgumentParser(description="Time the authors' training step on the CPU, on synthetic images.")
+    from utils import ArgumentParser, UserError, fail, pick_device
+    p = ArgumentParser(description="Time the authors' training step (fp32, as theirs) on synthetic images.")
     for name, default in (("size", 128), ("batch_size", 1), ("warmup", 2), ("iters", 10)):
         p.add_argument(f"--{name}", type=int, default=default, help=f"as benchmark.py (default: {default})")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     args = p.parse_args()
     try:
         check_args(args)
+        device = pick_device(args.device)
     except UserError as e:
         fail(f"authors.py: error: {e}")
-    ours = CycleGAN(device="cpu")
+    torch.backends.cudnn.benchmark = True  # as their BaseModel does for fixed-size crops
+    ours = CycleGAN(device=device)
     theirs = AuthorsCycleGAN(ours, pool_size=50)
     g = torch.Generator().manual_seed(0)
-    real_A, real_B = (torch.rand(args.batch_size, 3, args.size, args.size, generator=g) * 2 - 1 for _ in "AB")
-    times = summary(timed(lambda: theirs.optimize_parameters(real_A, real_B), torch.device("cpu"),
-                          args.warmup, args.iters))
-    print(f"authors' step, cpu ({torch.get_num_threads()} threads), size {args.size}, batch {args.batch_size}: "
+    real_A, real_B = (torch.rand(args.batch_size, 3, args.size, args.size, generator=g).to(device) * 2 - 1
+                      for _ in "AB")
+    times = summary(timed(lambda: theirs.optimize_parameters(real_A, real_B), device, args.warmup, args.iters))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"authors' step, {where}, size {args.size}, batch {args.batch_size}: "
           f"{times['median']:.4f} s/iteration median (min {times['min']:.4f}, max {times['max']:.4f}, n {times['n']})")
 
 
