@@ -23,8 +23,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from datasets import domain_dir, list_images
-from utils import ArgumentParser, RunFailure, UserError, describe, fail, pick_device, require
+from datasets import domain_dir, list_images, load_rgb
+from utils import ArgumentParser, RunFailure, UserError, describe, fail, pick_device, require, same_size_batches
 
 DIRECTIONS = {"A2B": ("A", "B"), "B2A": ("B", "A")}  # direction: (source domain, target domain)
 
@@ -79,17 +79,15 @@ def inception_network(path, device, dims=2048):
 
 @torch.inference_mode()
 def features(model, paths, device, batch_size):
-    """(n, dims) features (pool3 for 2048); consecutive images of one size go through together."""
-    out, batch = [], []
-    for path in paths + [None]:
-        image = None if path is None else TF.to_tensor(Image.open(path).convert("RGB"))
-        if batch and (image is None or image.shape != batch[0].shape or len(batch) == batch_size):
-            maps = model(torch.stack(batch).to(device))[0]
-            # Below pool3 the blocks give feature maps, which pytorch-fid averages to vectors too.
-            out.append(torch.nn.functional.adaptive_avg_pool2d(maps, 1).flatten(1).double().cpu())
-            batch = []
-        if image is not None:
-            batch.append(image)
+    """(n, dims) features (pool3 for 2048); consecutive images of one size go through together.
+    Images are read as test.py and training read them (datasets.load_rgb: EXIF orientation,
+    16-bit and palette images), so the picture scored is the one that was translated."""
+    out = []
+    images = ((TF.to_tensor(load_rgb(path)), i) for i, path in enumerate(paths))
+    for batch, _ in same_size_batches(images, batch_size):
+        maps = model(batch.to(device))[0]
+        # Below pool3 the blocks give feature maps, which pytorch-fid averages to vectors too.
+        out.append(torch.nn.functional.adaptive_avg_pool2d(maps, 1).flatten(1).double().cpu())
     return torch.cat(out).numpy()
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from datasets import ImageFiles, domain_dir, list_images
 from models import Generator, translate
 from utils import (ArgumentParser, RunFailure, UserError, add_amp_argument, amp_dtype, default_workers, download, fail,
-                   load_weights, pick_device, precision_name, report_skipped, require, use_amp)
+                   load_weights, pick_device, precision_name, report_skipped, require, same_size_batches, use_amp)
 
 DIRECTIONS = {"A2B": ("A", "G_A2B"), "B2A": ("B", "G_B2A")}
 # The authors' published generators, each translating one way, and the one for the way back.
@@ -265,21 +265,6 @@ class Translator:
         fakes = translate(G, images)
         recs = [None] * len(fakes) if G_back is None else translate(G_back, fakes).float().cpu()
         return fakes.float().cpu(), recs
-
-
-def same_size_batches(loader, batch_size):
-    """Stack consecutive images of one size into batches of up to batch_size."""
-    images, indices = [], []
-    for image, i in loader:
-        if image is None:  # unreadable, already reported
-            continue
-        if images and (len(images) == batch_size or image.shape != images[0].shape):
-            yield torch.stack(images), indices
-            images, indices = [], []
-        images.append(image)
-        indices.append(i)
-    if images:
-        yield torch.stack(images), indices
 
 
 def save_images(image, fake, rec, results, direction, name):

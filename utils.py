@@ -198,6 +198,23 @@ def _as_random_state(state):
     return (version, tuple(internal), gauss)
 
 
+def same_size_batches(items, batch_size):
+    """Stack consecutive images of one size into batches of up to batch_size: yields each
+    batch with the indices that came with its images. `items` gives (image, index) pairs;
+    an image of None (an unreadable file, already reported) is left out."""
+    images, indices = [], []
+    for image, i in items:
+        if image is None:
+            continue
+        if images and (len(images) == batch_size or image.shape != images[0].shape):
+            yield torch.stack(images), indices
+            images, indices = [], []
+        images.append(image)
+        indices.append(i)
+    if images:
+        yield torch.stack(images), indices
+
+
 def linear_decay(epoch, n_epochs, decay_epoch):
     """Learning-rate factor for 0-based `epoch`, as in the authors' release: 1 for the first
     `decay_epoch` epochs, then a straight line that would reach 0 at epoch `n_epochs`, so

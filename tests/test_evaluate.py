@@ -160,3 +160,26 @@ def test_evaluate_translates_in_fp32_whatever_the_device(monkeypatch, tmp_path):
     evaluate.translate(args)
     command = commands[0]
     assert command[command.index("--amp") + 1] == "off"
+
+
+def test_evaluate_scores_the_picture_test_py_translated_exif_rotation_and_16_bit_included(tmp_path):
+    from PIL import Image
+    evaluate = load_script("evaluate.py")
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:24, 0:40]  # smooth, so that JPEG keeps it nearly intact; not square, so a rotation shows
+    upright = np.stack([6 * x, 10 * y, 3 * x + 4 * y], axis=-1).astype(np.uint8)
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the stored pixels are to be turned 90 degrees clockwise for display
+    Image.fromarray(np.rot90(upright).copy()).save(tmp_path / "rotated.jpg", exif=exif, quality=100, subsampling=0)
+    gray = rng.integers(0, 256, (24, 40), dtype=np.uint16)
+    Image.fromarray(gray.astype(np.uint8)).save(tmp_path / "gray8.png")
+    Image.fromarray(gray * 257).save(tmp_path / "gray16.png")  # the same picture in 16 bits
+
+    def top_row(batch):  # a "network" whose features tell orientation and brightness apart
+        return [batch[:, :, :1, :]]
+
+    upright_f, rotated_f, gray8_f, gray16_f = evaluate.features(
+        top_row, [str(tmp_path / n) for n in ("upright.png", "rotated.jpg", "gray8.png", "gray16.png")], "cpu", 1)
+    np.testing.assert_allclose(rotated_f, upright_f, atol=0.01)  # JPEG's loss only
+    np.testing.assert_allclose(gray16_f, gray8_f, atol=1e-6)
