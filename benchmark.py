@@ -22,7 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from datasets import EpochSampler, UnalignedDataset, domain_dir, list_images
 from models import translate
 from train import MIN_SIZE, CycleGAN
-from utils import ArgumentParser, UserError, add_amp_argument, fail, pick_device, require, use_amp
+from utils import (ArgumentParser, UserError, add_amp_argument, add_device_argument, default_load_size, fail,
+                   pick_device, require, use_amp)
 
 
 def build_parser():
@@ -36,7 +37,7 @@ def build_parser():
     p.add_argument("--ngf", type=int, default=64, help="generator filters (default: 64)")
     p.add_argument("--ndf", type=int, default=64, help="discriminator filters (default: 64)")
     p.add_argument("--n_blocks", type=int, default=9, help="residual blocks per generator (default: 9)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_device_argument(p)
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default: 2)")
     p.add_argument("--iters", type=int, default=10, help="timed training iterations (default: 10)")
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -138,7 +139,7 @@ def time_data(dataroot, size, n=100):
     """Seconds one worker takes to read, decode, resize, crop and flip an (A, B) training pair,
     over the first `n` pairs of the first epoch."""
     paths_A, paths_B = (list_images(domain_dir(dataroot, "train", d))[0] for d in "AB")
-    dataset = UnalignedDataset(paths_A, paths_B, size * 286 // 256, size)
+    dataset = UnalignedDataset(paths_A, paths_B, default_load_size(size), size)
     keys = list(EpochSampler(len(paths_A), len(paths_B), seed=0))[:n]
     return summary(timed(lambda: dataset[keys.pop()], torch.device("cpu"), 0, len(keys)))
 

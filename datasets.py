@@ -180,7 +180,7 @@ class EpochSampler(torch.utils.data.Sampler):
     does not depend on the number of processes, so a run can resume with another one.
     """
 
-    def __init__(self, n_A, n_B, seed, epoch=0, start=0, rank=0, world_size=1):
+    def __init__(self, n_A, n_B, seed, *, epoch=0, start=0, rank=0, world_size=1):
         self.n_A, self.n_B, self.seed = n_A, n_B, seed
         self.n = max(n_A, n_B)
         self.rank, self.world_size = rank, world_size

@@ -13,7 +13,6 @@ weights (or the results).
 """
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -24,7 +23,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from datasets import domain_dir, list_images, load_rgb
-from utils import ArgumentParser, RunFailure, UserError, describe, fail, pick_device, require, same_size_batches
+from utils import (ArgumentParser, RunFailure, UserError, add_device_argument, describe, fail, pick_device, require,
+                   run_sibling, same_size_batches)
 
 DIRECTIONS = {"A2B": ("A", "B"), "B2A": ("B", "A")}  # direction: (source domain, target domain)
 
@@ -47,7 +47,7 @@ def build_parser():
                    help="images per KID subset, capped at the number of images (default: 1000)")
     p.add_argument("--kid_subsets", type=int, default=100, help="random subsets KID is averaged over (default: 100)")
     p.add_argument("--batch_size", type=int, default=25, help="images of one size through Inception at once (default: 25)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+    add_device_argument(p)
     p.add_argument("--json", help="where the figures go (default: metrics.json in --weights, or in --results)")
     return p
 
@@ -156,13 +156,10 @@ def translate(args):
     """Translate the test images with the generators in --weights, as test.py does, in fp32
     (test.py's --amp auto would score the same weights differently on a GPU and a CPU)."""
     results = os.path.join(args.weights, "results")
-    command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "test.py"),
-               "--dataroot", args.dataroot, "--weights", args.weights, "--results", results, "--device", args.device,
-               "--amp", "off"]
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode:
-        lines = done.stderr.strip().splitlines()
-        raise UserError(lines[-1].removeprefix("test.py: error: ") if lines else "test.py failed")
+    status, error = run_sibling("test.py", "--dataroot", args.dataroot, "--weights", args.weights, "--results", results,
+                                "--device", args.device, "--amp", "off")
+    if status:
+        raise UserError(error.removeprefix("test.py: error: ") or "test.py failed")
     return results
 
 

@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from datasets import ImageFiles, domain_dir, list_images
 from models import Generator, translate
-from utils import (ArgumentParser, RunFailure, UserError, add_amp_argument, amp_dtype, default_workers, download, fail,
-                   load_weights, pick_device, precision_name, report_skipped, require, same_size_batches, use_amp)
+from utils import (ArgumentParser, RunFailure, UserError, add_amp_argument, add_device_argument, add_workers_argument,
+                   amp_dtype, default_output, download, fail, load_weights, pick_device, precision_name,
+                   report_skipped, require, same_size_batches, use_amp)
 
 DIRECTIONS = {"A2B": ("A", "G_A2B"), "B2A": ("B", "G_B2A")}
 # The authors' published generators, each translating one way, and the one for the way back.
@@ -58,12 +59,11 @@ def build_parser():
                    "or <weights folder>/results_<input folder name> with --input)")
     p.add_argument("--ngf", type=int, help="generator filters in the first layer (default: read from the weights)")
     p.add_argument("--n_blocks", type=int, help="residual blocks per generator (default: read from the weights)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+    add_device_argument(p)
     p.add_argument("--batch_size", type=int, default=1,
                    help="images of one size translated together; more is faster on a GPU (default: 1)")
     add_amp_argument(p)
-    p.add_argument("--workers", type=int, default=default_workers(),
-                   help="image-loading worker processes; 0 loads in the main process (default: 4, or the CPU count if lower)")
+    add_workers_argument(p, "image-loading")
     return p
 
 
@@ -76,7 +76,7 @@ def resolve(args):
     if args.dataroot is not None:
         directions = ("A2B", "B2A") if args.direction in (None, "both") else (args.direction,)
         inputs = {d: domain_dir(args.dataroot, "test", DIRECTIONS[d][0]) for d in directions}
-        args.weights = args.weights or os.path.join("output", os.path.basename(os.path.normpath(args.dataroot)))
+        args.weights = args.weights or default_output(args.dataroot)
     else:
         if args.direction == "both":
             raise UserError("--direction both needs --dataroot; with --input choose A2B or B2A")
@@ -212,7 +212,7 @@ def output_names(paths):
             for stem, p in zip(stems, paths)]
 
 
-def run_direction(G, paths, results, direction, device, args, G_back=None):
+def run_direction(G, paths, results, direction, device, args, *, G_back=None):
     """Translate `paths` with G, up to --batch_size images of one size at a time, while worker
     processes read the next images and a thread writes the PNGs; returns the names written.
     With G_back (the generator for the way back) the reconstructions are written too."""
@@ -331,7 +331,8 @@ def main(argv=None):
     report_skipped([entry for _, skipped in scans.values() for entry in skipped])
     print(f"device {device} ({precision_name(amp_dtype(device) if use_amp(args.amp, device) else None)})")
     try:
-        done = {d: run_direction(generators[d], scans[d][0], args.results, d, device, args, backs[d]) for d in inputs}
+        done = {d: run_direction(generators[d], scans[d][0], args.results, d, device, args, G_back=backs[d])
+                for d in inputs}
     except KeyboardInterrupt:
         fail(f"test.py: interrupted; the images translated so far are in {args.results}", 130)
     except OSError as e:  # a full disk while writing results

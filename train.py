@@ -2,11 +2,16 @@
 
     python train.py --dataroot datasets/horse2zebra
 
-`CycleGAN` below is the model and its optimisation step, usable without the command line;
-`main` is the training loop: data, progress bar, losses.csv, samples, visdom, checkpoints
-that resume exactly (`--resume`).
+Read top to bottom: the options; the model and its optimisation step (`CycleGAN`, usable
+without the command line); saving and resuming; what a run records (losses.csv, samples,
+visdom, FID); the training loop; `main`. Checkpoints resume exactly (`--resume`).
+
+Epochs count from 0 inside this file (`Position.epoch`); only what a person reads (the
+progress bar, messages, the epoch column of losses.csv) counts from 1.
 """
+import argparse
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import itertools
@@ -15,7 +20,6 @@ import logging
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -29,9 +33,10 @@ from dashboard import Dashboard
 from datasets import EpochSampler, UnalignedDataset, domain_dir, ignore_stop_signals, list_images
 from models import Discriminator, Generator
 from utils import (LOSS_NAMES, VISUAL_NAMES, ArgumentParser, ImagePool, LossLog, RunFailure, StopSignals, UserError,
-                   add_amp_argument, amp_dtype, atomic_save, atomic_write_text, default_workers, describe, fail,
-                   linear_decay, load_weights, pick_device, precision_name, report_skipped, require, save_visuals,
-                   use_amp, visuals_grid)
+                   add_amp_argument, add_device_argument, add_workers_argument, amp_dtype, atomic_save,
+                   atomic_write_text, default_load_size, default_output, describe, fail, linear_decay, load_weights,
+                   pick_device, precision_name, report_skipped, require, run_sibling, save_visuals, use_amp,
+                   visuals_grid)
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
 CHECKPOINT_KEYS = {"model", "epoch", "position", "iteration", "seconds", "options", "rng"}
@@ -43,11 +48,162 @@ METRIC_FIELDS = ("iteration", "epoch", "mean_fid", "fid_A2B", "kid_A2B", "kid_st
 MIN_SIZE = 24  # smaller crops leave the discriminator's later layers a single pixel to normalise
 
 
+# The options
+
+def build_parser():
+    p = ArgumentParser(description="Train CycleGAN on unaligned image folders "
+                       "(DIR/trainA + DIR/trainB, or DIR/train/A + DIR/train/B).")
+    _add_data_and_schedule_options(p)
+    _add_network_and_speed_options(p)
+    _add_run_options(p)
+    return p
+
+
+def _add_data_and_schedule_options(p):
+    p.add_argument("--dataroot", required=True, help="dataset folder with trainA/ and trainB/ (or train/A, train/B)")
+    p.add_argument("--output", help="where weights, checkpoint, losses.csv and samples go (default: output/<dataroot name>)")
+    p.add_argument("--n_epochs", type=int, default=200, help="total number of epochs (default: 200)")
+    p.add_argument("--decay_epoch", type=int,
+                   help="epochs at the full learning rate before it falls linearly towards zero at --n_epochs "
+                   "(default: half of --n_epochs, i.e. 100)")
+    p.add_argument("--batch_size", type=int, default=1, help="images per domain per step (default: 1, as in the paper)")
+    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate, betas 0.5/0.999 (default: 2e-4)")
+    p.add_argument("--size", type=int, default=256, help="training crop size, a multiple of 4 (default: 256)")
+    p.add_argument("--load_size", type=int,
+                   help="images are resized to this before cropping (default: size*286/256, i.e. 286 for 256)")
+    p.add_argument("--lambda_cycle", type=float, default=10.0, help="weight of the cycle-consistency loss (default: 10)")
+    p.add_argument("--lambda_identity", type=float, default=0.5,
+                   help="weight of the identity loss, relative to --lambda_cycle; 0 turns it off (default: 0.5)")
+    p.add_argument("--pool_size", type=int, default=50,
+                   help="generated images kept per domain in the discriminators' replay buffer; 0 turns it off (default: 50)")
+
+
+def _add_network_and_speed_options(p):
+    p.add_argument("--ngf", type=int, default=64, help="generator filters in the first conv layer (default: 64)")
+    p.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first conv layer (default: 64)")
+    p.add_argument("--n_blocks", type=int, default=9, help="residual blocks in each generator (default: 9)")
+    add_device_argument(p)
+    add_amp_argument(p)
+    p.add_argument("--channels_last", action="store_true", help="channels-last memory format for networks and batches")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the networks: faster iterations after minutes of compiling at start-up")
+
+
+def _add_run_options(p):
+    add_workers_argument(p, "data-loading")
+    p.add_argument("--seed", type=int, default=0, help="seed for initial weights, data order, crops and the buffers (default: 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its checkpoint.pth; options not given again are taken from it")
+    p.add_argument("--log_every", type=int, default=100,
+                   help="iterations between rows of losses.csv and visdom plot points (default: 100)")
+    p.add_argument("--sample_every", type=int, default=500,
+                   help="iterations between sample grids in samples/ and on visdom (default: 500)")
+    p.add_argument("--save_every", type=int, default=5000,
+                   help="iterations between checkpoints, besides the one at every epoch end (default: 5000)")
+    p.add_argument("--eval_every", type=int, default=0,
+                   help="epochs between FID/KID evaluations on the test split (evaluate.py; metrics.csv, visdom, "
+                   "and best/ keeps the weights with the lowest mean FID); 0 turns it off (default: 0)")
+    p.add_argument("--inception", help="a local copy of pytorch-fid's Inception weights for --eval_every, "
+                   "for machines without internet (default: downloaded once)")
+    p.add_argument("--eval_dims", type=int, default=2048, choices=(64, 192, 768, 2048),
+                   help="Inception features for --eval_every, as evaluate.py --dims: 2048 compares with published "
+                   "figures; fewer are faster on a CPU, where FID's matrix square root of 2048x2048 takes seconds "
+                   "(default: 2048)")
+    p.add_argument("--no_visdom", action="store_true", help="do not send plots and images to visdom")
+    p.add_argument("--visdom_server", default="http://localhost",
+                   help="visdom server address, without the port (default: http://localhost)")
+    p.add_argument("--visdom_port", type=int, default=8097, help="visdom server port (default: 8097)")
+
+
+def read_checkpoint(path):
+    if not os.path.isfile(path):
+        raise UserError(f"--resume: no checkpoint at {path}; start without --resume or point --output at the run")
+    try:
+        checkpoint = load_weights(path)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        raise UserError(f"--resume: {path} is not a checkpoint torch can read safely ({type(e).__name__})")
+    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
+        raise UserError(f"--resume: {path} is not a checkpoint written by train.py")
+    return checkpoint
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.output = args.output or default_output(args.dataroot)
+    checkpoint = None
+    if args.resume:
+        checkpoint = read_checkpoint(os.path.join(args.output, "checkpoint.pth"))
+        saved = {k: v for k, v in checkpoint["options"].items() if k not in ("output", "resume")}
+        parser.set_defaults(**saved)
+        output = args.output
+        args = parser.parse_args(argv)
+        args.output = output
+        mismatch = [f"--{k} {getattr(args, k)} (checkpoint: {saved[k]})"
+                    for k in ARCHITECTURE if getattr(args, k) != saved[k]]
+        if mismatch:
+            raise UserError(f"--resume: {', '.join(mismatch)}; drop these flags to continue the run")
+    if args.load_size is None:
+        args.load_size = default_load_size(args.size)
+    if args.decay_epoch is None:
+        args.decay_epoch = args.n_epochs // 2
+    try:
+        check_args(args)
+    except UserError as e:
+        raise UserError(f"{e} (with --resume, options not given again are the checkpoint's)" if args.resume else e)
+    return args, checkpoint
+
+
+def check_args(args):
+    rules = [
+        (args.size >= MIN_SIZE and args.size % 4 == 0,
+         f"--size {args.size}: must be a multiple of 4 and at least {MIN_SIZE} (the discriminator needs 24x24)"),
+        (args.load_size >= args.size, f"--load_size {args.load_size}: must be at least --size {args.size}"),
+        (args.n_epochs >= 1, f"--n_epochs {args.n_epochs}: must be at least 1"),
+        (0 <= args.decay_epoch <= args.n_epochs,
+         f"--decay_epoch {args.decay_epoch}: must be between 0 and --n_epochs {args.n_epochs}"),
+        (args.lr > 0, f"--lr {args.lr}: must be positive"),
+        (0 <= args.seed < 2**32, f"--seed {args.seed}: must be between 0 and 2**32 - 1"),
+        (1 <= args.visdom_port <= 65535, f"--visdom_port {args.visdom_port}: must be between 1 and 65535"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message)
+    require(args, 1, "batch_size", "ngf", "ndf", "n_blocks", "log_every", "sample_every", "save_every")
+    require(args, 0, "lambda_cycle", "lambda_identity", "pool_size", "workers", "eval_every")
+
+
+# The model and its optimisation step
+
+def lsgan(prediction, is_real):
+    """Least-squares GAN loss against a target of 1 (real) or 0 (fake) for every patch."""
+    prediction = prediction.float()
+    target = torch.ones_like(prediction) if is_real else torch.zeros_like(prediction)
+    return nn.functional.mse_loss(prediction, target)
+
+
+def l1(x, y):
+    return nn.functional.l1_loss(x.float(), y.float())
+
+
+def _batched(net, *inputs):
+    """net applied to each input, in one call on their concatenation (exact for networks
+    without batch statistics, as all four here)."""
+    outputs = net(torch.cat(inputs)) if len(inputs) > 1 else net(inputs[0])
+    return outputs.split([len(x) for x in inputs])
+
+
+def _set_requires_grad(nets, flag):
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
 class CycleGAN:
     """The two generators (G_A2B, G_B2A), the two discriminators (D_A judges domain-A images,
     D_B domain-B images), their two Adam optimisers and the two replay buffers."""
 
-    def __init__(self, device="cpu", ngf=64, ndf=64, n_blocks=9, lr=2e-4, lambda_cycle=10.0,
+    def __init__(self, *, device="cpu", ngf=64, ndf=64, n_blocks=9, lr=2e-4, lambda_cycle=10.0,
                  lambda_identity=0.5, pool_size=50, seed=0, amp=False, channels_last=False, rank=0):
         self.device = torch.device(device)
         self.lambda_cycle, self.lambda_identity = lambda_cycle, lambda_identity
@@ -109,20 +265,20 @@ class CycleGAN:
             if identity:
                 loss_G_identity = self.lambda_cycle * self.lambda_identity * (l1(*idt_B, real_B) + l1(*idt_A, real_A))
             loss_G = loss_G_GAN + loss_G_cycle + loss_G_identity
-        self._update(self.opt_G, loss_G)
+        self._optimise(self.opt_G, loss_G)
 
         _set_requires_grad((self.D_A, self.D_B), True)
         with self.autocast():
             loss_D = (self._discriminator_loss(D_A, real_A, self.pool_A.query(fake_A))
                       + self._discriminator_loss(D_B, real_B, self.pool_B.query(fake_B)))
-        self._update(self.opt_D, loss_D)
+        self._optimise(self.opt_D, loss_D)
         self.scaler.update()
 
         self.visuals = {"real_A": real_A, "fake_B": fake_B.detach(), "rec_A": rec_A.detach(),
                         "real_B": real_B, "fake_A": fake_A.detach(), "rec_B": rec_B.detach()}
         return torch.stack((loss_G, loss_G_GAN, loss_G_cycle, loss_G_identity, loss_D)).detach()
 
-    def _update(self, optimizer, loss):
+    def _optimise(self, optimizer, loss):
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
@@ -175,161 +331,19 @@ class CycleGAN:
             pool.load_state_dict(pool_state)
 
 
-def lsgan(prediction, is_real):
-    """Least-squares GAN loss against a target of 1 (real) or 0 (fake) for every patch."""
-    prediction = prediction.float()
-    target = torch.ones_like(prediction) if is_real else torch.zeros_like(prediction)
-    return nn.functional.mse_loss(prediction, target)
+# Saving and resuming
 
-
-def l1(x, y):
-    return nn.functional.l1_loss(x.float(), y.float())
-
-
-def _batched(net, *inputs):
-    """net applied to each input, in one call on their concatenation (exact for networks
-    without batch statistics, as all four here)."""
-    outputs = net(torch.cat(inputs)) if len(inputs) > 1 else net(inputs[0])
-    return outputs.split([len(x) for x in inputs])
-
-
-def _set_requires_grad(nets, flag):
-    for net in nets:
-        for p in net.parameters():
-            p.requires_grad_(flag)
-
-
-def build_parser():
-    p = ArgumentParser(description="Train CycleGAN on unaligned image folders "
-                       "(DIR/trainA + DIR/trainB, or DIR/train/A + DIR/train/B).")
-    p.add_argument("--dataroot", required=True, help="dataset folder with trainA/ and trainB/ (or train/A, train/B)")
-    p.add_argument("--output", help="where weights, checkpoint, losses.csv and samples go (default: output/<dataroot name>)")
-    p.add_argument("--n_epochs", type=int, default=200, help="total number of epochs (default: 200)")
-    p.add_argument("--decay_epoch", type=int,
-                   help="epochs at the full learning rate before it falls linearly towards zero at --n_epochs "
-                   "(default: half of --n_epochs, i.e. 100)")
-    p.add_argument("--batch_size", type=int, default=1, help="images per domain per step (default: 1, as in the paper)")
-    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate, betas 0.5/0.999 (default: 2e-4)")
-    p.add_argument("--size", type=int, default=256, help="training crop size, a multiple of 4 (default: 256)")
-    p.add_argument("--load_size", type=int,
-                   help="images are resized to this before cropping (default: size*286/256, i.e. 286 for 256)")
-    p.add_argument("--lambda_cycle", type=float, default=10.0, help="weight of the cycle-consistency loss (default: 10)")
-    p.add_argument("--lambda_identity", type=float, default=0.5,
-                   help="weight of the identity loss, relative to --lambda_cycle; 0 turns it off (default: 0.5)")
-    p.add_argument("--pool_size", type=int, default=50,
-                   help="generated images kept per domain in the discriminators' replay buffer; 0 turns it off (default: 50)")
-    p.add_argument("--ngf", type=int, default=64, help="generator filters in the first conv layer (default: 64)")
-    p.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first conv layer (default: 64)")
-    p.add_argument("--n_blocks", type=int, default=9, help="residual blocks in each generator (default: 9)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
-    add_amp_argument(p)
-    p.add_argument("--channels_last", action="store_true", help="channels-last memory format for networks and batches")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the networks: faster iterations after minutes of compiling at start-up")
-    p.add_argument("--workers", type=int, default=default_workers(),
-                   help="data-loading worker processes; 0 loads in the main process (default: 4, or the CPU count if lower)")
-    p.add_argument("--seed", type=int, default=0, help="seed for initial weights, data order, crops and the buffers (default: 0)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --output from its checkpoint.pth; options not given again are taken from it")
-    p.add_argument("--log_every", type=int, default=100,
-                   help="iterations between rows of losses.csv and visdom plot points (default: 100)")
-    p.add_argument("--sample_every", type=int, default=500,
-                   help="iterations between sample grids in samples/ and on visdom (default: 500)")
-    p.add_argument("--save_every", type=int, default=5000,
-                   help="iterations between checkpoints, besides the one at every epoch end (default: 5000)")
-    p.add_argument("--eval_every", type=int, default=0,
-                   help="epochs between FID/KID evaluations on the test split (evaluate.py; metrics.csv, visdom, "
-                   "and best/ keeps the weights with the lowest mean FID); 0 turns it off (default: 0)")
-    p.add_argument("--inception", help="a local copy of pytorch-fid's Inception weights for --eval_every, "
-                   "for machines without internet (default: downloaded once)")
-    p.add_argument("--eval_dims", type=int, default=2048, choices=(64, 192, 768, 2048),
-                   help="Inception features for --eval_every, as evaluate.py --dims: 2048 compares with published "
-                   "figures; fewer are faster on a CPU, where FID's matrix square root of 2048x2048 takes seconds "
-                   "(default: 2048)")
-    p.add_argument("--no_visdom", action="store_true", help="do not send plots and images to visdom")
-    p.add_argument("--visdom_server", default="http://localhost",
-                   help="visdom server address, without the port (default: http://localhost)")
-    p.add_argument("--visdom_port", type=int, default=8097, help="visdom server port (default: 8097)")
-    return p
-
-
-def parse_args(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.output = args.output or os.path.join("output", os.path.basename(os.path.normpath(args.dataroot)))
-    checkpoint = None
-    if args.resume:
-        checkpoint = read_checkpoint(os.path.join(args.output, "checkpoint.pth"))
-        saved = {k: v for k, v in checkpoint["options"].items() if k not in ("output", "resume")}
-        parser.set_defaults(**saved)
-        output = args.output
-        args = parser.parse_args(argv)
-        args.output = output
-        mismatch = [f"--{k} {getattr(args, k)} (checkpoint: {saved[k]})"
-                    for k in ARCHITECTURE if getattr(args, k) != saved[k]]
-        if mismatch:
-            raise UserError(f"--resume: {', '.join(mismatch)}; drop these flags to continue the run")
-    if args.load_size is None:
-        args.load_size = args.size * 286 // 256
-    if args.decay_epoch is None:
-        args.decay_epoch = args.n_epochs // 2
-    try:
-        check_args(args)
-    except UserError as e:
-        raise UserError(f"{e} (with --resume, options not given again are the checkpoint's)" if args.resume else e)
-    return args, checkpoint
-
-
-def read_checkpoint(path):
-    if not os.path.isfile(path):
-        raise UserError(f"--resume: no checkpoint at {path}; start without --resume or point --output at the run")
-    try:
-        checkpoint = load_weights(path)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        raise UserError(f"--resume: {path} is not a checkpoint torch can read safely ({type(e).__name__})")
-    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
-        raise UserError(f"--resume: {path} is not a checkpoint written by train.py")
-    return checkpoint
-
-
-def check_args(args):
-    rules = [
-        (args.size >= MIN_SIZE and args.size % 4 == 0,
-         f"--size {args.size}: must be a multiple of 4 and at least {MIN_SIZE} (the discriminator needs 24x24)"),
-        (args.load_size >= args.size, f"--load_size {args.load_size}: must be at least --size {args.size}"),
-        (args.n_epochs >= 1, f"--n_epochs {args.n_epochs}: must be at least 1"),
-        (0 <= args.decay_epoch <= args.n_epochs,
-         f"--decay_epoch {args.decay_epoch}: must be between 0 and --n_epochs {args.n_epochs}"),
-        (args.lr > 0, f"--lr {args.lr}: must be positive"),
-        (0 <= args.seed < 2**32, f"--seed {args.seed}: must be between 0 and 2**32 - 1"),
-        (1 <= args.visdom_port <= 65535, f"--visdom_port {args.visdom_port}: must be between 1 and 65535"),
-    ]
-    for ok, message in rules:
-        if not ok:
-            raise UserError(message)
-    require(args, 1, "batch_size", "ngf", "ndf", "n_blocks", "log_every", "sample_every", "save_every")
-    require(args, 0, "lambda_cycle", "lambda_identity", "pool_size", "workers", "eval_every")
-
-
-def save_run(model, args, launch, epoch, position, iteration, seconds):
-    """Bare generator and discriminator weights, then the full checkpoint, each written
-    atomically so that a kill at any moment leaves the previous complete files. Weights
-    that are no longer finite are never written over good ones. Under torchrun every process
-    checks that all hold the same weights, and rank 0 writes."""
-    for name, net in model.networks().items():
-        if not all(torch.isfinite(p).all() for p in net.parameters()):
-            raise RunFailure(f"{name} has non-finite weights at iteration {iteration}; nothing saved, "
-                             f"{args.output}/checkpoint.pth keeps the last good state; try a lower --lr")
-    if launch.world_size > 1:
-        check_same_weights(model, launch.world_size)
-    if launch.rank != 0:
-        return
-    for name, net in model.networks().items():
-        atomic_save(net.state_dict(), os.path.join(args.output, f"net{name}.pth"))
-    checkpoint = {"model": model.state_dict(), "epoch": epoch, "position": position, "iteration": iteration,
-                  "seconds": seconds, "options": vars(args), "world_size": launch.world_size,
-                  "rng": {"torch": torch.get_rng_state()}}  # training never draws from a CUDA generator
-    atomic_save(checkpoint, os.path.join(args.output, "checkpoint.pth"))
+@dataclasses.dataclass
+class Position:
+    """Where a run stands, as its checkpoint keeps it. `epoch` counts from 0: the epoch under
+    way or, when `pairs` is 0, the next one to start, which is then also the number of epochs
+    done. `pairs` is how many training pairs of that epoch have been trained on (all
+    processes together), `iteration` the optimisation steps so far, `seconds` the training
+    time so far."""
+    epoch: int = 0
+    pairs: int = 0
+    iteration: int = 0
+    seconds: float = 0.0
 
 
 def check_same_weights(model, world_size):
@@ -344,127 +358,42 @@ def check_same_weights(model, world_size):
         raise RunFailure("the torchrun processes no longer hold the same weights; nothing saved")
 
 
-class Launch:
-    """This process's place in a torchrun launch, and its device: rank 0 of 1 without torchrun.
-    Under torchrun the process group is set up here (NCCL on CUDA, gloo on the CPU), and
-    each process uses the GPU of its LOCAL_RANK."""
-
-    def __init__(self, device_name):
-        self.rank, self.world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        self.torchrun = "LOCAL_RANK" in os.environ
-        self.device = pick_device(device_name)
-        if self.torchrun:
-            if self.device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-                torch.cuda.set_device(self.device)
-            # Long enough for the processes that wait at a barrier while rank 0 runs an
-            # --eval_every evaluation (NCCL's default is 10 minutes); torchrun itself ends the
-            # group when a process dies.
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
-
-    def close(self):
-        if self.torchrun and dist.is_initialized():
-            dist.destroy_process_group()
+def save_run(model, args, launch, at):
+    """Bare generator and discriminator weights, then the full checkpoint, each written
+    atomically so that a kill at any moment leaves the previous complete files. Weights
+    that are no longer finite are never written over good ones. Under torchrun every process
+    checks that all hold the same weights, and rank 0 writes."""
+    for name, net in model.networks().items():
+        if not all(torch.isfinite(p).all() for p in net.parameters()):
+            raise RunFailure(f"{name} has non-finite weights at iteration {at.iteration}; nothing saved, "
+                             f"{args.output}/checkpoint.pth keeps the last good state; try a lower --lr")
+    if launch.world_size > 1:
+        check_same_weights(model, launch.world_size)
+    if not launch.writes:
+        return
+    for name, net in model.networks().items():
+        atomic_save(net.state_dict(), os.path.join(args.output, f"net{name}.pth"))
+    checkpoint = {"model": model.state_dict(), "epoch": at.epoch, "position": at.pairs, "iteration": at.iteration,
+                  "seconds": at.seconds, "options": vars(args), "world_size": launch.world_size,
+                  "rng": {"torch": torch.get_rng_state()}}  # training never draws from a CUDA generator
+    atomic_save(checkpoint, os.path.join(args.output, "checkpoint.pth"))
 
 
-def train(args, checkpoint, launch):
-    device = launch.device
-    # Training crops all have one size, so cuDNN may pick the fastest algorithms once.
-    torch.backends.cudnn.benchmark = True
-    writer = launch.rank == 0
-    (paths_A, skipped_A), (paths_B, skipped_B) = (list_images(domain_dir(args.dataroot, "train", d)) for d in "AB")
-    if writer:
-        report_skipped(skipped_A + skipped_B)
-    if checkpoint is None and os.path.exists(os.path.join(args.output, "checkpoint.pth")):
-        raise UserError(f"{args.output} already holds a run; add --resume to continue it, "
-                        "or choose another --output")
-    if writer:
-        prepare_output(args)
-    if args.eval_every and writer:
-        check_evaluation(args)
-    model = CycleGAN(device=device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks, lr=args.lr,
-                     lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
-                     pool_size=args.pool_size, seed=args.seed, amp=use_amp(args.amp, device),
-                     channels_last=args.channels_last, rank=launch.rank)
-    epoch, position, iteration, seconds = restore(model, checkpoint, launch) if checkpoint else (0, 0, 0, 0.0)
-    if args.compile:
-        # torch's C++ build helper warns about CUDA_HOME on machines without CUDA; harmless here.
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        if writer:
-            print("--compile: the first iterations compile the networks (about a minute or more; "
-                  "cached for later runs)")
-        model.compile()
-    if launch.torchrun:
-        model.distribute()
-    record = TrainingRecord(args, iteration, seconds, launch)
-
-    dataset = UnalignedDataset(paths_A, paths_B, args.load_size, args.size)
-    sampler = EpochSampler(len(paths_A), len(paths_B), args.seed, rank=launch.rank, world_size=launch.world_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                                         num_workers=args.workers, persistent_workers=args.workers > 0,
-                                         pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
-    step = args.batch_size * launch.world_size  # training pairs per iteration, all processes together
-    if writer:
-        processes = f", {launch.world_size} process(es) x batch {args.batch_size} = global batch {step}"
-        print(f"{len(paths_A)} A and {len(paths_B)} B images, {math.ceil(len(sampler) / args.batch_size)} iterations "
-              f"per epoch{processes if launch.torchrun else ''}, device {device} ({precision_name(model.amp_dtype)}), output {args.output}")
-    with StopSignals(second_quits=not launch.torchrun) as stop, contextlib.closing(record):
-        for epoch in range(epoch, args.n_epochs):
-            sampler.set_epoch(epoch, start=position)
-            with tqdm(loader, desc=f"epoch {epoch + 1}/{args.n_epochs}", initial=position // step,
-                      total=position // step + len(loader), dynamic_ncols=True, disable=not writer) as bar:
-                iteration = train_epoch(model, bar, args, launch, epoch, position, iteration, record, stop)
-            position = 0
-            save_run(model, args, launch, epoch + 1, 0, iteration, record.seconds())
-            if args.eval_every and (epoch + 1) % args.eval_every == 0:
-                if writer:
-                    record.evaluate(args, epoch + 1, iteration, device)
-                if launch.world_size > 1:
-                    dist.barrier()  # the others wait while rank 0 evaluates
-    if writer:
-        same = f"; the {launch.world_size} processes ended with identical weights" if launch.world_size > 1 else ""
-        print(f"done after {args.n_epochs} epoch(s) and {iteration} iterations{same}; weights in {args.output}")
-
-
-def check_evaluation(args):
-    """Fail at start-up, not after the first epochs, if --eval_every cannot work."""
-    import evaluate
-    for domain in "AB":
-        list_images(domain_dir(args.dataroot, "test", domain))
-    evaluate.inception_network(args.inception, torch.device("cpu"))
-
-
-def train_epoch(model, bar, args, launch, epoch, position, iteration, record, stop):
-    """Train on the batches of `bar` (the rest of one epoch, `position` training pairs into
-    it); returns the iteration count at its end. On SIGINT/SIGTERM, saves and raises
-    Interrupted: at once in a single process, under torchrun at the next read of the losses,
-    where the processes agree to stop together."""
-    lr = args.lr * linear_decay(epoch, args.n_epochs, args.decay_epoch)
-    model.set_lr(lr)
-    stopping = False
-    for data in bar:
-        record.add(model.update(data["A"], data["B"]))
-        iteration, position = iteration + 1, position + args.batch_size * launch.world_size
-        due = [iteration % n == 0 for n in (READ_EVERY, args.log_every, args.sample_every, args.save_every)]
-        if due[0] or due[1] or due[3] or (stop.received and not launch.torchrun):
-            means, stopping = record.read(iteration, epoch, stop.received)
-            bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in means.items()}, refresh=False)
-        if due[1]:
-            record.flush(iteration, epoch + 1, lr, means)
-        if due[2]:
-            record.sample(iteration, model.visuals)
-        if due[3] or stopping:
-            save_run(model, args, launch, epoch, position, iteration, record.seconds())
-        if stopping:
-            signum = stop.received or signal.SIGTERM  # another process was signalled
-            raise Interrupted(f"train.py: {signum.name}: saved iteration {iteration} in {args.output}; "
-                              "continue with --resume", 128 + signum)
-    record.read(iteration, epoch, stop.received)  # before the epoch-end checkpoint
-    return iteration
-
-
-class Interrupted(Exception):
-    """Stopped by a signal after saving a checkpoint; args: message, exit status."""
+def restore(model, checkpoint, launch):
+    """Load a checkpoint into the model; returns its Position. Under torchrun the processes
+    other than rank 0 start with empty replay buffers."""
+    state = dict(checkpoint["model"])
+    if not launch.writes:
+        state.pop("pool_A"), state.pop("pool_B")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise UserError(f"--resume: the checkpoint's weights do not fit its options ({describe(e)})")
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    at = Position(checkpoint["epoch"], checkpoint["position"], checkpoint["iteration"], checkpoint["seconds"])
+    if launch.writes:
+        print(f"resuming at epoch {at.epoch + 1}, iteration {at.iteration}")
+    return at
 
 
 def prepare_output(args):
@@ -477,20 +406,16 @@ def prepare_output(args):
         raise UserError(f"--output {args.output}: cannot write there ({e.strerror or e})")
 
 
-def restore(model, checkpoint, launch):
-    """Load a checkpoint into the model; returns where the run stopped. Under torchrun the
-    processes other than rank 0 start with empty replay buffers."""
-    state = dict(checkpoint["model"])
-    if launch.rank != 0:
-        state.pop("pool_A"), state.pop("pool_B")
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise UserError(f"--resume: the checkpoint's weights do not fit its options ({describe(e)})")
-    torch.set_rng_state(checkpoint["rng"]["torch"])
-    if launch.rank == 0:
-        print(f"resuming at epoch {checkpoint['epoch'] + 1}, iteration {checkpoint['iteration']}")
-    return checkpoint["epoch"], checkpoint["position"], checkpoint["iteration"], checkpoint["seconds"]
+# What a run records besides its weights
+
+def keep_best(output, row):
+    """Copy the generator and discriminator weights into best/, each file atomically."""
+    best = os.path.join(output, "best")
+    os.makedirs(best, exist_ok=True)
+    for name in ("G_A2B", "G_B2A", "D_A", "D_B"):
+        atomic_save(torch.load(os.path.join(output, f"net{name}.pth"), weights_only=True),
+                    os.path.join(best, f"net{name}.pth"))
+    atomic_write_text(json.dumps(row, indent=2) + "\n", os.path.join(best, "metrics.json"))
 
 
 class TrainingRecord:
@@ -499,20 +424,19 @@ class TrainingRecord:
     which counts on from the checkpoint on resume. Under torchrun the losses are averaged
     over the processes, and rank 0 alone writes and plots."""
 
-    def __init__(self, args, iteration, seconds, launch):
-        self.output, self.world_size = args.output, launch.world_size
-        self.writer = launch.rank == 0
+    def __init__(self, args, at, launch):
+        self.output, self.world_size, self.writes = args.output, launch.world_size, launch.writes
         self.samples = os.path.join(args.output, "samples")
         self.log = LossLog(os.path.join(args.output, "losses.csv"))
         self.metrics = LossLog(os.path.join(args.output, "metrics.csv"), METRIC_FIELDS)
-        if self.writer:
-            self.log.truncate_after(iteration)
-            self.metrics.truncate_after(iteration)
-        self.dashboard = None if args.no_visdom or not self.writer else Dashboard(
+        if self.writes:
+            self.log.truncate_after(at.iteration)
+            self.metrics.truncate_after(at.iteration)
+        self.dashboard = None if args.no_visdom or not self.writes else Dashboard(
             args.visdom_server, args.visdom_port, env=os.path.basename(os.path.normpath(args.output)),
             options=vars(args), history=self.log.rows, loss_names=LOSS_NAMES)
-        self.start = time.perf_counter() - seconds
-        self.total, self.count, self.read_at = None, 0, iteration
+        self.start = time.perf_counter() - at.seconds
+        self.total, self.count, self.read_at = None, 0, at.iteration
 
     def seconds(self):
         return time.perf_counter() - self.start
@@ -522,7 +446,7 @@ class TrainingRecord:
         self.total = losses if self.total is None else self.total + losses
         self.count += 1
 
-    def read(self, iteration, epoch, stop_signal):
+    def read(self, at, stop_signal):
         """Wait for the device; returns the mean of each loss since the last flush, and whether
         any process received a stop signal. A loss that is no longer finite stops the run
         before anything is saved from it."""
@@ -537,47 +461,46 @@ class TrainingRecord:
         bad = [(name, value) for name, value in means.items() if not math.isfinite(value)]
         if bad:
             name, value = bad[0]
-            when = (f"at iteration {iteration}" if self.read_at + 1 == iteration
-                    else f"between iterations {self.read_at + 1} and {iteration}")
+            when = (f"at iteration {at.iteration}" if self.read_at + 1 == at.iteration
+                    else f"between iterations {self.read_at + 1} and {at.iteration}")
             checkpoint = os.path.join(self.output, "checkpoint.pth")
             kept = (f"so {checkpoint} keeps the last good state" if os.path.exists(checkpoint)
                     else "and no checkpoint had been saved yet")
-            raise RunFailure(f"{name} became {value} {when} (epoch {epoch + 1}); stopped without saving, {kept}; "
+            raise RunFailure(f"{name} became {value} {when} (epoch {at.epoch + 1}); stopped without saving, {kept}; "
                              "try a lower --lr")
-        self.read_at = iteration
+        self.read_at = at.iteration
         return means, stops > 0
 
-    def flush(self, iteration, epoch, lr, means):
-        row = {"iteration": iteration, "epoch": epoch, **means, "lr": lr, "seconds": round(self.seconds(), 3)}
-        if self.writer:
+    def flush(self, at, lr, means):
+        """A row of losses.csv and visdom: the means that `read` returned, and the lr."""
+        row = {"iteration": at.iteration, "epoch": at.epoch + 1, **means, "lr": lr, "seconds": round(self.seconds(), 3)}
+        if self.writes:
             self.log.append(row)
         if self.dashboard:
             self.dashboard.plot(row)
         self.total, self.count = None, 0
 
     def sample(self, iteration, visuals):
-        if self.writer:
+        if self.writes:
             save_visuals(visuals, os.path.join(self.samples, f"iter_{iteration:07d}.png"))
         if self.dashboard:
             self.dashboard.show(visuals_grid(visuals), " | ".join(VISUAL_NAMES))
 
-    def evaluate(self, args, epoch, iteration, device):
-        """FID and KID of the weights just saved (evaluate.py, in its own process) into
-        metrics.csv and visdom; best/ gets the weights when their mean FID is the lowest so
-        far. A failed evaluation is a warning: training goes on."""
-        command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "evaluate.py"),
-                   "--dataroot", args.dataroot, "--weights", args.output, "--device", str(device),
-                   "--json", os.path.join(args.output, "metrics.json"), "--dims", str(args.eval_dims)]
-        command += ["--inception", args.inception] if args.inception else []
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            lines = done.stderr.strip().splitlines()
-            tqdm.write(f"warning: evaluation after epoch {epoch} failed: {lines[-1] if lines else done.returncode}",
-                       file=sys.stderr)
+    def evaluate(self, args, at, device):
+        """FID and KID of the weights saved at the end of an epoch (evaluate.py, in its own
+        process) into metrics.csv and visdom; best/ gets the weights when their mean FID is
+        the lowest so far. A failed evaluation is a warning: training goes on."""
+        epoch = at.epoch  # the epochs done, counted from 1
+        inception = ["--inception", args.inception] if args.inception else []
+        status, error = run_sibling("evaluate.py", "--dataroot", args.dataroot, "--weights", args.output,
+                                    "--device", device, "--json", os.path.join(args.output, "metrics.json"),
+                                    "--dims", args.eval_dims, *inception)
+        if status:
+            tqdm.write(f"warning: evaluation after epoch {epoch} failed: {error or status}", file=sys.stderr)
             return
         with open(os.path.join(args.output, "metrics.json")) as f:
             report = json.load(f)
-        row = {"iteration": iteration, "epoch": epoch, "mean_fid": report["mean_fid"]}
+        row = {"iteration": at.iteration, "epoch": epoch, "mean_fid": report["mean_fid"]}
         for direction in ("A2B", "B2A"):
             row.update({f"{key}_{direction}": report[direction][key] for key in ("fid", "kid", "kid_std")})
         best = min((r["mean_fid"] for r in self.metrics.rows()), default=float("inf"))
@@ -594,14 +517,167 @@ class TrainingRecord:
             self.dashboard.close()
 
 
-def keep_best(output, row):
-    """Copy the generator and discriminator weights into best/, each file atomically."""
-    best = os.path.join(output, "best")
-    os.makedirs(best, exist_ok=True)
-    for name in ("G_A2B", "G_B2A", "D_A", "D_B"):
-        atomic_save(torch.load(os.path.join(output, f"net{name}.pth"), weights_only=True),
-                    os.path.join(best, f"net{name}.pth"))
-    atomic_write_text(json.dumps(row, indent=2) + "\n", os.path.join(best, "metrics.json"))
+# The training loop
+
+class Launch:
+    """This process's place in a torchrun launch, and its device: rank 0 of 1 without torchrun.
+    Under torchrun the process group is set up here (NCCL on CUDA, gloo on the CPU), and
+    each process uses the GPU of its LOCAL_RANK."""
+
+    def __init__(self, device_name):
+        self.rank, self.world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.writes = self.rank == 0  # rank 0 alone writes files and plots
+        self.torchrun = "LOCAL_RANK" in os.environ
+        self.device = pick_device(device_name)
+        if self.torchrun:
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+                torch.cuda.set_device(self.device)
+            # Long enough for the processes that wait at a barrier while rank 0 runs an
+            # --eval_every evaluation (NCCL's default is 10 minutes); torchrun itself ends the
+            # group when a process dies.
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
+
+    def close(self):
+        if self.torchrun and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@dataclasses.dataclass
+class Run:
+    """What the training loop works with."""
+    args: argparse.Namespace
+    launch: Launch
+    model: CycleGAN
+    record: TrainingRecord
+
+
+class Interrupted(Exception):
+    """Stopped by a signal after saving a checkpoint; args: message, exit status."""
+
+
+def check_evaluation(args):
+    """Fail at start-up, not after the first epochs, if --eval_every cannot work."""
+    import evaluate
+    for domain in "AB":
+        list_images(domain_dir(args.dataroot, "test", domain))
+    evaluate.inception_network(args.inception, torch.device("cpu"))
+
+
+def training_images(args, checkpoint, launch):
+    """The usable image paths of trainA and trainB; files that are not are listed once. Also
+    refuses to start a new run over an existing one, and prepares --output."""
+    (paths_A, skipped_A), (paths_B, skipped_B) = (list_images(domain_dir(args.dataroot, "train", d)) for d in "AB")
+    if launch.writes:
+        report_skipped(skipped_A + skipped_B)
+    if checkpoint is None and os.path.exists(os.path.join(args.output, "checkpoint.pth")):
+        raise UserError(f"{args.output} already holds a run; add --resume to continue it, "
+                        "or choose another --output")
+    if launch.writes:
+        prepare_output(args)
+        if args.eval_every:
+            check_evaluation(args)
+    return paths_A, paths_B
+
+
+def build_model(args, launch):
+    model = CycleGAN(device=launch.device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks, lr=args.lr,
+                     lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
+                     pool_size=args.pool_size, seed=args.seed, amp=use_amp(args.amp, launch.device),
+                     channels_last=args.channels_last, rank=launch.rank)
+    if args.compile:
+        # torch's C++ build helper warns about CUDA_HOME on machines without CUDA; harmless here.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        if launch.writes:
+            print("--compile: the first iterations compile the networks (about a minute or more; "
+                  "cached for later runs)")
+        model.compile()
+    return model
+
+
+def build_loader(args, launch, paths_A, paths_B):
+    dataset = UnalignedDataset(paths_A, paths_B, args.load_size, args.size)
+    sampler = EpochSampler(len(paths_A), len(paths_B), args.seed, rank=launch.rank, world_size=launch.world_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+                                         num_workers=args.workers, persistent_workers=args.workers > 0,
+                                         pin_memory=launch.device.type == "cuda", worker_init_fn=ignore_stop_signals)
+    return sampler, loader
+
+
+def train_epoch(run, bar, at, stop):
+    """Train on the batches of `bar`, the rest of epoch `at.epoch`, moving `at` along. On
+    SIGINT/SIGTERM, saves and raises Interrupted: at once in a single process, under
+    torchrun at the next read of the losses, where the processes agree to stop together."""
+    args, launch, model, record = run.args, run.launch, run.model, run.record
+    lr = args.lr * linear_decay(at.epoch, args.n_epochs, args.decay_epoch)
+    model.set_lr(lr)
+    stopping = False
+    for data in bar:
+        record.add(model.update(data["A"], data["B"]))
+        at.iteration, at.pairs = at.iteration + 1, at.pairs + args.batch_size * launch.world_size
+        log_due, save_due = at.iteration % args.log_every == 0, at.iteration % args.save_every == 0
+        stop_now = stop.received and not launch.torchrun  # under torchrun, stop at a read all processes make
+        if log_due or save_due or stop_now or at.iteration % READ_EVERY == 0:
+            means, stopping = record.read(at, stop.received)
+            bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in means.items()}, refresh=False)
+            if log_due:
+                record.flush(at, lr, means)
+        if at.iteration % args.sample_every == 0:
+            record.sample(at.iteration, model.visuals)
+        if save_due or stopping:
+            at.seconds = record.seconds()
+            save_run(model, args, launch, at)
+        if stopping:
+            signum = stop.received or signal.SIGTERM  # another process was signalled
+            raise Interrupted(f"train.py: {signum.name}: saved iteration {at.iteration} in {args.output}; "
+                              "continue with --resume", 128 + signum)
+    record.read(at, stop.received)  # before the epoch-end checkpoint
+
+
+def train(args, checkpoint, launch):
+    """Every epoch from where the run stands to --n_epochs, each ending with a checkpoint
+    and, every --eval_every epochs, an evaluation."""
+    # Training crops all have one size, so cuDNN may pick the fastest algorithms once.
+    torch.backends.cudnn.benchmark = True
+    paths_A, paths_B = training_images(args, checkpoint, launch)
+    model = build_model(args, launch)
+    at = restore(model, checkpoint, launch) if checkpoint else Position()
+    if launch.torchrun:
+        model.distribute()
+    run = Run(args, launch, model, TrainingRecord(args, at, launch))
+    sampler, loader = build_loader(args, launch, paths_A, paths_B)
+    pairs_per_iteration = args.batch_size * launch.world_size  # all processes together
+    if launch.writes:
+        processes = f", {launch.world_size} process(es) x batch {args.batch_size} = global batch {pairs_per_iteration}"
+        print(f"{len(paths_A)} A and {len(paths_B)} B images, {math.ceil(len(sampler) / args.batch_size)} iterations "
+              f"per epoch{processes if launch.torchrun else ''}, device {launch.device} "
+              f"({precision_name(model.amp_dtype)}), output {args.output}")
+    with StopSignals(second_quits=not launch.torchrun) as stop, contextlib.closing(run.record):
+        while at.epoch < args.n_epochs:
+            sampler.set_epoch(at.epoch, start=at.pairs)
+            done = at.pairs // pairs_per_iteration
+            with tqdm(loader, desc=f"epoch {at.epoch + 1}/{args.n_epochs}", initial=done, total=done + len(loader),
+                      dynamic_ncols=True, disable=not launch.writes) as bar:
+                train_epoch(run, bar, at, stop)
+            at = Position(at.epoch + 1, 0, at.iteration, run.record.seconds())
+            save_run(model, args, launch, at)
+            if args.eval_every and at.epoch % args.eval_every == 0:
+                if launch.writes:
+                    run.record.evaluate(args, at, launch.device)
+                if launch.world_size > 1:
+                    dist.barrier()  # the others wait while rank 0 evaluates
+    if launch.writes:
+        same = f"; the {launch.world_size} processes ended with identical weights" if launch.world_size > 1 else ""
+        print(f"done after {args.n_epochs} epoch(s) and {at.iteration} iterations{same}; weights in {args.output}")
+
+
+def report(message, status, launch):
+    """One line on stderr, then exit. Under torchrun a mistake found before the processes
+    connect is the same in all of them and is reported by the first process on each machine;
+    later ones are reported by every process that meets them, with its rank."""
+    if launch is None:
+        fail(f"train.py: {message}" if int(os.environ.get("LOCAL_RANK", 0)) == 0 else "", status)
+    fail(f"train.py (rank {launch.rank}): {message}" if launch.world_size > 1 else f"train.py: {message}", status)
 
 
 def main(argv=None):
@@ -631,15 +707,6 @@ def main(argv=None):
     finally:
         if launch:
             launch.close()
-
-
-def report(message, status, launch):
-    """One line on stderr, then exit. Under torchrun a mistake found before the processes
-    connect is the same in all of them and is reported by the first process on each machine;
-    later ones are reported by every process that meets them, with its rank."""
-    if launch is None:
-        fail(f"train.py: {message}" if int(os.environ.get("LOCAL_RANK", 0)) == 0 else "", status)
-    fail(f"train.py (rank {launch.rank}): {message}" if launch.world_size > 1 else f"train.py: {message}", status)
 
 
 if __name__ == "__main__":

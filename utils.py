@@ -7,6 +7,7 @@ import io
 import os
 import random
 import signal
+import subprocess
 import sys
 
 import torch
@@ -94,6 +95,35 @@ def default_workers():
     """4 loader processes, or fewer on a machine with fewer usable cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return min(4, cores or 1)
+
+
+def add_device_argument(parser):
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+
+
+def add_workers_argument(parser, what):
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help=f"{what} worker processes; 0 loads in the main process (default: 4, or the CPU count "
+                        "if lower)")
+
+
+def default_output(dataroot):
+    """Where a run on `dataroot` keeps its weights: output/<dataroot name>."""
+    return os.path.join("output", os.path.basename(os.path.normpath(dataroot)))
+
+
+def default_load_size(size):
+    """The paper's resize before the random crop: 286 for 256-pixel crops, in proportion for others."""
+    return size * 286 // 256
+
+
+def run_sibling(script, *args):
+    """Run another script of this repository with this Python; returns its exit status and
+    the last line it wrote to stderr (its one-line error, if it failed)."""
+    command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), script), *map(str, args)]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = done.stderr.strip().splitlines()
+    return done.returncode, lines[-1] if lines else ""
 
 
 def pick_device(name):

@@ -154,12 +154,11 @@ def test_eval_every_without_inception_weights_stops_before_training(tmp_path):
 def test_evaluate_translates_in_fp32_whatever_the_device(monkeypatch, tmp_path):
     evaluate = load_script("evaluate.py")
     commands = []
-    monkeypatch.setattr(evaluate.subprocess, "run", lambda command, **kw: commands.append(command)
-                        or evaluate.subprocess.CompletedProcess(command, 0, stderr=""))
+    monkeypatch.setattr(evaluate, "run_sibling", lambda *command: commands.append(command) or (0, ""))
     args = evaluate.build_parser().parse_args(["--dataroot", str(tmp_path), "--weights", str(tmp_path), "--device", "cuda"])
     evaluate.translate(args)
-    command = commands[0]
-    assert command[command.index("--amp") + 1] == "off"
+    script, *options = commands[0]
+    assert script == "test.py" and options[options.index("--amp") + 1] == "off"
 
 
 def test_evaluate_scores_the_picture_test_py_translated_exif_rotation_and_16_bit_included(tmp_path):

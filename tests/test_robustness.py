@@ -247,7 +247,7 @@ def test_losses_read_every_ten_iterations_still_stop_a_non_finite_run_before_sav
 
 
 def test_weights_that_became_non_finite_are_never_saved(uninterrupted, tmp_path):
-    from train import CycleGAN, Launch, save_run
+    from train import CycleGAN, Launch, Position, save_run
     from utils import RunFailure
     data, reference = uninterrupted
     model = CycleGAN(ngf=8, ndf=8, n_blocks=2)
@@ -255,7 +255,7 @@ def test_weights_that_became_non_finite_are_never_saved(uninterrupted, tmp_path)
         model.D_B.model[0].weight[0, 0, 0, 0] = float("inf")
     args = type("Args", (), {"output": str(tmp_path)})()
     with pytest.raises(RunFailure, match="D_B has non-finite weights at iteration 7"):
-        save_run(model, args, Launch("cpu"), 0, 7, 7, 1.0)
+        save_run(model, args, Launch("cpu"), Position(epoch=0, pairs=7, iteration=7, seconds=1.0))
     assert os.listdir(tmp_path) == []
 
 
