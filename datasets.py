@@ -6,7 +6,6 @@ A dataset root holds `trainA/ trainB/ testA/ testB/` (the authors' layout) or
 """
 import math
 import os
-import signal
 import sys
 
 import numpy as np
@@ -218,10 +217,3 @@ class ImageFiles(torch.utils.data.Dataset):
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
             print(f"warning: skipping {self.paths[i]}: {describe(e)}", file=sys.stderr)
             return None, i
-
-
-def ignore_stop_signals(worker_id):
-    """DataLoader worker_init_fn: Ctrl-C and SIGTERM reach every process of the job, but only
-    the main process should act on them (save a checkpoint, then stop the workers)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)

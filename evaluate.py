@@ -23,10 +23,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from datasets import domain_dir, list_images, load_rgb
-from utils import (ArgumentParser, RunFailure, UserError, add_device_argument, describe, fail, pick_device, require,
-                   run_sibling, same_size_batches)
-
-DIRECTIONS = {"A2B": ("A", "B"), "B2A": ("B", "A")}  # direction: (source domain, target domain)
+from utils import (DIRECTIONS, ArgumentParser, RunFailure, UserError, add_device_argument, describe, fail, pick_device,
+                   require, run_sibling, same_size_batches)
 
 
 def build_parser():
@@ -133,7 +131,7 @@ def cycle_l1(results, domain):
 def evaluate(dataroot, results, model, device, args):
     """{direction: figures} for the directions translated in `results`, and their mean FID."""
     report = {}
-    for direction, (source, target) in DIRECTIONS.items():
+    for direction, (source, target, _) in DIRECTIONS.items():
         translated = os.path.join(results, direction)
         if not os.path.isdir(translated):
             continue

@@ -20,11 +20,10 @@ from tqdm import tqdm
 
 from datasets import ImageFiles, domain_dir, list_images
 from models import Generator, translate
-from utils import (ArgumentParser, RunFailure, UserError, add_amp_argument, add_device_argument, add_workers_argument,
-                   amp_dtype, default_output, download, fail, load_weights, pick_device, precision_name,
-                   report_skipped, require, same_size_batches, use_amp)
+from utils import (DIRECTIONS, ArgumentParser, RunFailure, UserError, add_amp_argument, add_device_argument,
+                   add_workers_argument, amp_dtype, default_output, download, fail, load_weights, pick_device,
+                   precision_name, report_skipped, require, same_size_batches, use_amp)
 
-DIRECTIONS = {"A2B": ("A", "G_A2B"), "B2A": ("B", "G_B2A")}
 # The authors' published generators, each translating one way, and the one for the way back.
 PRETRAINED = {
     "horse2zebra": "zebra2horse", "zebra2horse": "horse2zebra",
@@ -75,7 +74,7 @@ def resolve(args):
         check_pretrained(args)
     if args.dataroot is not None:
         directions = ("A2B", "B2A") if args.direction in (None, "both") else (args.direction,)
-        inputs = {d: domain_dir(args.dataroot, "test", DIRECTIONS[d][0]) for d in directions}
+        inputs = {d: domain_dir(args.dataroot, "test", DIRECTIONS[d].source) for d in directions}
         args.weights = args.weights or default_output(args.dataroot)
     else:
         if args.direction == "both":
@@ -142,7 +141,7 @@ def generator_states(weights, directions):
     """{direction: (file, state_dict)} from a training output folder, a bare generator file
     (ours or the authors'), or train.py's checkpoint.pth (which holds both generators)."""
     if os.path.isdir(weights):
-        files = {d: os.path.join(weights, f"net{DIRECTIONS[d][1]}.pth") for d in directions}
+        files = {d: os.path.join(weights, f"net{DIRECTIONS[d].generator}.pth") for d in directions}
         for path in files.values():
             if not os.path.isfile(path):
                 raise UserError(f"{path}: not found; --weights must be a folder written by train.py")
@@ -151,7 +150,7 @@ def generator_states(weights, directions):
         raise UserError(f"--weights {weights}: no such file or folder")
     state = _read(weights)
     if isinstance(state, dict) and "model" in state:
-        return {d: (weights, state["model"][DIRECTIONS[d][1]]) for d in directions}
+        return {d: (weights, state["model"][DIRECTIONS[d].generator]) for d in directions}
     if len(directions) > 1:
         raise UserError(f"{weights}: holds one generator; add --direction A2B or B2A")
     return {directions[0]: (weights, state)}
@@ -216,7 +215,7 @@ def run_direction(G, paths, results, direction, device, args, *, G_back=None):
     """Translate `paths` with G, up to --batch_size images of one size at a time, while worker
     processes read the next images and a thread writes the PNGs; returns the names written.
     With G_back (the generator for the way back) the reconstructions are written too."""
-    domain = DIRECTIONS[direction][0]
+    domain = DIRECTIONS[direction].source
     names = output_names(paths)
     os.makedirs(os.path.join(results, direction), exist_ok=True)
     os.makedirs(os.path.join(results, f"real_{domain}"), exist_ok=True)
@@ -268,7 +267,7 @@ class Translator:
 
 
 def save_images(image, fake, rec, results, direction, name):
-    domain = DIRECTIONS[direction][0]
+    domain = DIRECTIONS[direction].source
     save_image(image * 0.5 + 0.5, os.path.join(results, f"real_{domain}", f"{name}.png"))
     save_image(fake * 0.5 + 0.5, os.path.join(results, direction, f"{name}.png"))
     if rec is not None:
@@ -283,7 +282,7 @@ def write_index(results, done, reconstructed):
              "<style>body{font-family:sans-serif} td{padding:4px;vertical-align:top;text-align:center} "
              "img{max-width:320px;display:block}</style>"]
     for direction, names in done.items():
-        domain = DIRECTIONS[direction][0]
+        domain = DIRECTIONS[direction].source
         columns = [("input", f"real_{domain}"), (direction, direction)]
         columns += [("reconstruction", f"rec_{domain}")] if reconstructed[direction] else []
         parts.append(f"<h2>{direction} ({len(names)} images)</h2><table><tr>"
@@ -310,7 +309,7 @@ def back_generator(args, direction, generators, device):
 
 def holds_both(weights):
     if os.path.isdir(weights):
-        return all(os.path.isfile(os.path.join(weights, f"net{g}.pth")) for _, g in DIRECTIONS.values())
+        return all(os.path.isfile(os.path.join(weights, f"net{d.generator}.pth")) for d in DIRECTIONS.values())
     state = _read(weights)
     return isinstance(state, dict) and "model" in state
 

@@ -30,13 +30,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dashboard import Dashboard
-from datasets import EpochSampler, UnalignedDataset, domain_dir, ignore_stop_signals, list_images
+from datasets import EpochSampler, UnalignedDataset, domain_dir, list_images
 from models import Discriminator, Generator
 from utils import (LOSS_NAMES, VISUAL_NAMES, ArgumentParser, ImagePool, LossLog, RunFailure, StopSignals, UserError,
                    add_amp_argument, add_device_argument, add_workers_argument, amp_dtype, atomic_save,
-                   atomic_write_text, default_load_size, default_output, describe, fail, linear_decay, load_weights,
-                   pick_device, precision_name, report_skipped, require, run_sibling, save_visuals, use_amp,
-                   visuals_grid)
+                   atomic_write_text, default_load_size, default_output, describe, fail, ignore_stop_signals,
+                   linear_decay, load_weights, pick_device, precision_name, report_skipped, require, run_sibling,
+                   save_visuals, use_amp, visuals_grid)
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
 CHECKPOINT_KEYS = {"model", "epoch", "position", "iteration", "seconds", "options", "rng"}

@@ -1,6 +1,7 @@
-"""Helpers shared by train.py and test.py: the replay buffer, the learning-rate schedule,
-crash-safe file writing, one-line errors, the loss log and the sample grids (the visdom
-dashboard is dashboard.py)."""
+"""What the scripts share, in five groups: errors and the command line; devices and
+precision; training pieces (the replay buffer, the learning-rate schedule, same-size
+batches); files (atomic writes, downloads, weights); signals; and the run's record (the
+loss log and the sample grids; its visdom dashboard is dashboard.py)."""
 import argparse
 import csv
 import io
@@ -9,10 +10,22 @@ import random
 import signal
 import subprocess
 import sys
+import typing
 
 import torch
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
+
+
+# Errors and the command line
+
+class Direction(typing.NamedTuple):
+    source: str  # the domain translated from
+    target: str  # the domain translated into
+    generator: str  # the network that does it
+
+
+DIRECTIONS = {"A2B": Direction("A", "B", "G_A2B"), "B2A": Direction("B", "A", "G_B2A")}
 
 
 class UserError(Exception):
@@ -62,35 +75,6 @@ def report_skipped(skipped, limit=20):
         print(f"skipped {len(skipped) - limit} more files", file=sys.stderr)
 
 
-class StopSignals:
-    """While active, SIGINT (Ctrl-C) and SIGTERM (what cluster schedulers send before a job's
-    time runs out) only set `received`, so the training loop can save a checkpoint at the
-    next step boundary and exit; a second signal acts as usual, unless `second_quits` is
-    False (under torchrun, whose agent follows a Ctrl-C with a SIGTERM of its own)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, second_quits=True):
-        self.second_quits = second_quits
-
-    def __enter__(self):
-        self.received = None
-        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = self.received or signal.Signals(signum)
-        if self.second_quits:
-            self._restore()
-
-    def _restore(self):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def __exit__(self, *exc):
-        self._restore()
-
-
 def default_workers():
     """4 loader processes, or fewer on a machine with fewer usable cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -125,6 +109,8 @@ def run_sibling(script, *args):
     lines = done.stderr.strip().splitlines()
     return done.returncode, lines[-1] if lines else ""
 
+
+# Devices and precision
 
 def pick_device(name):
     """'auto' means CUDA when available; an explicit CUDA device must exist."""
@@ -179,6 +165,8 @@ def amp_dtype(device):
         return torch.bfloat16 if native_bf16(device) else torch.float16
     return torch.bfloat16
 
+
+# Training pieces
 
 class ImagePool:
     """The replay buffer of Shrivastava et al. used by CycleGAN for the discriminators.
@@ -253,6 +241,8 @@ def linear_decay(epoch, n_epochs, decay_epoch):
     return 1.0 - max(0, epoch + 1 - decay_epoch) / (n_epochs - decay_epoch + 1)
 
 
+# Files: atomic writes, downloads, weights
+
 def download(url, path, hint):
     """Fetch `url` into `path` with a progress bar. An interrupted download stays in
     path.part and continues from there next time; `path` appears only when complete.
@@ -312,6 +302,46 @@ def load_weights(path, map_location="cpu"):
     """torch.load that never unpickles code: only tensors and plain containers."""
     return torch.load(path, map_location=map_location, weights_only=True)
 
+
+# Signals
+
+class StopSignals:
+    """While active, SIGINT (Ctrl-C) and SIGTERM (what cluster schedulers send before a job's
+    time runs out) only set `received`, so the training loop can save a checkpoint at the
+    next step boundary and exit; a second signal acts as usual, unless `second_quits` is
+    False (under torchrun, whose agent follows a Ctrl-C with a SIGTERM of its own)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, second_quits=True):
+        self.second_quits = second_quits
+
+    def __enter__(self):
+        self.received = None
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = self.received or signal.Signals(signum)
+        if self.second_quits:
+            self._restore()
+
+    def _restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def __exit__(self, *exc):
+        self._restore()
+
+
+def ignore_stop_signals(worker_id):
+    """DataLoader worker_init_fn: Ctrl-C and SIGTERM reach every process of the job, but only
+    the main process should act on them (save a checkpoint, then stop the workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+# The run's record: the loss log and the sample grids
 
 LOSS_NAMES = ("loss_G", "loss_G_GAN", "loss_G_cycle", "loss_G_identity", "loss_D")
 
@@ -382,4 +412,3 @@ def visuals_grid(visuals):
 
 def save_visuals(visuals, path):
     save_image(visuals_grid(visuals), path)
-
