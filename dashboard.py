@@ -12,6 +12,7 @@ import queue
 import sys
 import threading
 import time
+import urllib.parse
 import warnings
 
 from tqdm import tqdm
@@ -39,6 +40,9 @@ class Dashboard:
         self.server, self.port, self.env = server, port, env
         self.options, self.history, self.loss_names = options, history, loss_names
         self.viz, self.last_attempt, self.warned, self.plotted = None, -float("inf"), False, 0
+        # visdom's front page shows its empty "main" environment, not this run's.
+        self.address = f"{server}:{port}/env/{urllib.parse.quote(env)}"
+        self.announced = False
         self.smooth = {}
         self.queue = queue.Queue(maxsize=64)
         self.thread = threading.Thread(target=self._run, name="visdom", daemon=True)
@@ -102,6 +106,9 @@ class Dashboard:
         if self.warned:
             _warn(f"visdom answers again at {self.server}:{self.port}; plots rebuilt from losses.csv")
             self.warned = False
+        if not self.announced:
+            tqdm.write(f"visdom: this run's plots are at {self.address}")
+            self.announced = True
         return True
 
     def _replay(self):
@@ -133,8 +140,9 @@ class Dashboard:
             self.viz.line(X=[[i, i] for i in x], Y=[list(pair) for pair in zip(raw, smoothed)], win=name,
                           update=update, opts={"title": name, "xlabel": "iteration", "showlegend": True,
                                                "legend": [name, f"{name} (smoothed)"]})
+        # A log axis: on a linear one from -1 to 1, visdom 0.2.4's default, 2e-4 reads as 0.
         self.viz.line(X=x, Y=[row["lr"] for row in rows], win="lr", update=update,
-                      opts={"title": "learning rate", "xlabel": "iteration", "legend": ["lr"]})
+                      opts={"title": "learning rate", "xlabel": "iteration", "legend": ["lr"], "ytype": "log"})
         self.plotted = x[-1]
 
     def _smoothed(self, name, value):

@@ -274,18 +274,21 @@ def save_images(image, fake, rec, results, direction, name):
         save_image(rec * 0.5 + 0.5, os.path.join(results, f"rec_{domain}", f"{name}.png"))
 
 
-def write_index(results, done, reconstructed):
-    """index.html: each input beside its translation and, where the generator for the way back
-    was there, its reconstruction; file names as captions, images loaded as they scroll into
-    view, and relative links, so that the folder can be zipped and shared."""
+def write_index(results, done, reconstructed, weights):
+    """index.html: which weights made it, a link to each direction, then each input beside its
+    translation and, where the generator for the way back was there, its reconstruction; file
+    names as captions, images as wide as the page allows and loaded as they scroll into view,
+    and relative links, so that the folder can be zipped and shared."""
     parts = ["<!doctype html><meta charset='utf-8'><title>CycleGAN results</title>",
-             "<style>body{font-family:sans-serif} td{padding:4px;vertical-align:top;text-align:center} "
-             "img{max-width:320px;display:block}</style>"]
+             "<style>body{font-family:sans-serif} table{width:100%;table-layout:fixed} "
+             "td{padding:4px;vertical-align:top;text-align:center} img{width:100%;display:block}</style>",
+             f"<p>Translated by {html.escape(weights)}</p>",
+             "<p>" + " | ".join(f"<a href='#{d}'>{d} ({len(names)} images)</a>" for d, names in done.items()) + "</p>"]
     for direction, names in done.items():
         domain = DIRECTIONS[direction].source
         columns = [("input", f"real_{domain}"), (direction, direction)]
         columns += [("reconstruction", f"rec_{domain}")] if reconstructed[direction] else []
-        parts.append(f"<h2>{direction} ({len(names)} images)</h2><table><tr>"
+        parts.append(f"<h2 id='{direction}'>{direction} ({len(names)} images)</h2><table><tr>"
                      + "".join(f"<th>{title}</th>" for title, _ in columns) + "</tr>")
         for name in names:
             file = html.escape(f"{name}.png", quote=True)
@@ -336,7 +339,8 @@ def main(argv=None):
         fail(f"test.py: interrupted; the images translated so far are in {args.results}", 130)
     except OSError as e:  # a full disk while writing results
         fail(f"test.py: error: {e.strerror or e}: {e.filename or ''}", 1)
-    write_index(args.results, done, {d: backs[d] is not None for d in inputs})
+    made_by = f"the authors' {args.pretrained} generator" if args.pretrained else f"the weights in {args.weights}"
+    write_index(args.results, done, {d: backs[d] is not None for d in inputs}, made_by)
     print(f"results in {args.results} ({os.path.join(args.results, 'index.html')})")
 
 

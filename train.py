@@ -45,6 +45,9 @@ CHECKPOINT_KEYS = {"model", "epoch", "position", "iteration", "seconds", "option
 READ_EVERY = 10
 METRIC_FIELDS = ("iteration", "epoch", "mean_fid", "fid_A2B", "kid_A2B", "kid_std_A2B", "fid_B2A", "kid_B2A",
                  "kid_std_B2A")
+# The time left but not the time elapsed (losses.csv has it), so that at 80 columns the bar
+# keeps about ten characters beside the counts, the time left, the speed and two losses.
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{remaining} left, {rate_fmt}{postfix}]"
 MIN_SIZE = 24  # smaller crops leave the discriminator's later layers a single pixel to normalise
 
 
@@ -604,6 +607,21 @@ def build_loader(args, launch, paths_A, paths_B):
     return sampler, loader
 
 
+def epoch_bar(loader, at, args, launch):
+    """The progress bar of epoch `at.epoch`, counting on from where a resumed run stopped. Its
+    speed is a moving average over about the last ten iterations (tqdm's default, about
+    three, made the time left swing on a busy machine)."""
+    done = at.pairs // (args.batch_size * launch.world_size)
+    return tqdm(loader, desc=f"epoch {at.epoch + 1}/{args.n_epochs}", initial=done, total=done + len(loader),
+                dynamic_ncols=True, smoothing=0.1, bar_format=BAR_FORMAT, disable=not launch.writes)
+
+
+def bar_losses(means):
+    """loss_G and loss_D for the progress bar, short enough that the bar, the counts and the
+    time left keep their room at 80 columns; all five losses are in losses.csv."""
+    return f"G={means['loss_G']:.3g} D={means['loss_D']:.3g}" if means else ""
+
+
 def train_epoch(run, bar, at, stop):
     """Train on the batches of `bar`, the rest of epoch `at.epoch`, moving `at` along. On
     SIGINT/SIGTERM, saves and raises Interrupted: at once in a single process, under
@@ -619,7 +637,7 @@ def train_epoch(run, bar, at, stop):
         stop_now = stop.received and not launch.torchrun  # under torchrun, stop at a read all processes make
         if log_due or save_due or stop_now or at.iteration % READ_EVERY == 0:
             means, stopping = record.read(at, stop.received)
-            bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in means.items()}, refresh=False)
+            bar.set_postfix_str(bar_losses(means), refresh=False)
             if log_due:
                 record.flush(at, lr, means)
         if at.iteration % args.sample_every == 0:
@@ -646,18 +664,16 @@ def train(args, checkpoint, launch):
         model.distribute()
     run = Run(args, launch, model, TrainingRecord(args, at, launch))
     sampler, loader = build_loader(args, launch, paths_A, paths_B)
-    pairs_per_iteration = args.batch_size * launch.world_size  # all processes together
     if launch.writes:
-        processes = f", {launch.world_size} process(es) x batch {args.batch_size} = global batch {pairs_per_iteration}"
+        global_batch = args.batch_size * launch.world_size
+        processes = f", {launch.world_size} process(es) x batch {args.batch_size} = global batch {global_batch}"
         print(f"{len(paths_A)} A and {len(paths_B)} B images, {math.ceil(len(sampler) / args.batch_size)} iterations "
               f"per epoch{processes if launch.torchrun else ''}, device {launch.device} "
               f"({precision_name(model.amp_dtype)}), output {args.output}")
     with StopSignals(second_quits=not launch.torchrun) as stop, contextlib.closing(run.record):
         while at.epoch < args.n_epochs:
             sampler.set_epoch(at.epoch, start=at.pairs)
-            done = at.pairs // pairs_per_iteration
-            with tqdm(loader, desc=f"epoch {at.epoch + 1}/{args.n_epochs}", initial=done, total=done + len(loader),
-                      dynamic_ncols=True, disable=not launch.writes) as bar:
+            with epoch_bar(loader, at, args, launch) as bar:
                 train_epoch(run, bar, at, stop)
             at = Position(at.epoch + 1, 0, at.iteration, run.record.seconds())
             save_run(model, args, launch, at)

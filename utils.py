@@ -5,6 +5,7 @@ loss log and the sample grids; its visdom dashboard is dashboard.py)."""
 import argparse
 import csv
 import io
+import math
 import os
 import random
 import signal
@@ -13,7 +14,9 @@ import sys
 import typing
 
 import torch
-from torchvision.utils import make_grid, save_image
+from PIL import Image, ImageDraw
+from torchvision.transforms.functional import to_pil_image
+from torchvision.utils import make_grid
 from tqdm import tqdm
 
 
@@ -410,5 +413,16 @@ def visuals_grid(visuals):
     return make_grid(images * 0.5 + 0.5, nrow=3, padding=2)
 
 
-def save_visuals(visuals, path):
-    save_image(visuals_grid(visuals), path)
+def save_visuals(visuals, path, min_tile=128, label_height=16, gap=2):
+    """The six images as a PNG, each under its name; small crops are enlarged (nearest
+    neighbour) to at least `min_tile` pixels wide, so that a 64x64 sample can be seen."""
+    tiles = [to_pil_image((visuals[name][0].float().cpu() * 0.5 + 0.5).clamp(0, 1)) for name in VISUAL_NAMES]
+    scale = max(1, math.ceil(min_tile / tiles[0].width))
+    width, height = tiles[0].width * scale, tiles[0].height * scale
+    sheet = Image.new("RGB", (3 * width + 4 * gap, 2 * (label_height + height) + 3 * gap), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (name, tile) in enumerate(zip(VISUAL_NAMES, tiles)):
+        x, y = gap + (i % 3) * (width + gap), gap + (i // 3) * (label_height + height + gap)
+        draw.text((x + 2, y + 2), name, fill="black")
+        sheet.paste(tile.resize((width, height), Image.NEAREST), (x, y + label_height))
+    sheet.save(path)

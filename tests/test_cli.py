@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -36,7 +37,8 @@ def test_two_epochs_of_training_then_translation_end_to_end(dataset, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 1, 1, 2, 2, 2, 2]
     assert float(rows[0]["lr"]) == pytest.approx(2e-4) and float(rows[-1]["lr"]) == pytest.approx(1e-4)
     assert sorted(os.listdir(os.path.join(out, "samples"))) == ["iter_0000005.png", "iter_0000010.png"]
-    assert Image.open(os.path.join(out, "samples", "iter_0000005.png")).size == (3 * 34 + 2, 2 * 34 + 2)
+    # six labelled 32x32 samples, enlarged 4 times: 3 x 128 + 4 x 2 by 2 x (16 + 128) + 3 x 2 pixels
+    assert Image.open(os.path.join(out, "samples", "iter_0000005.png")).size == (392, 294)
     checkpoint = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=True)
     assert (checkpoint["epoch"], checkpoint["position"], checkpoint["iteration"]) == (2, 0, 14)
 
@@ -314,3 +316,30 @@ def test_a_photo_too_large_for_gpu_memory_is_translated_on_the_cpu_with_one_warn
         assert torch.equal(translator(small, ["small"])[0], translate(G, small))
         assert torch.equal(translator(large, ["large"])[0], translate(G, large))
     assert capsys.readouterr().err.strip() == "warning: large (64x48) does not fit in cpu's memory; translated on the CPU"
+
+
+@pytest.mark.parametrize("epoch,n_epochs,elapsed", [(0, 1, 17), (99, 200, 4000)])
+def test_the_progress_bar_keeps_its_bar_counts_and_time_left_at_80_columns(epoch, n_epochs, elapsed):
+    train_py = load_script("train.py")
+    from tqdm import tqdm
+    means = {"loss_G": 19.9081234, "loss_G_GAN": 3.3, "loss_G_cycle": 11.1, "loss_G_identity": 5.5, "loss_D": 3.1521}
+    line = tqdm.format_meter(700, 1334, elapsed, ncols=80, prefix=f"epoch {epoch + 1}/{n_epochs}",
+                             postfix=train_py.bar_losses(means), bar_format=train_py.BAR_FORMAT)
+    assert len(line) <= 80, line
+    assert re.search(r"\|[█▏▎▍▌▋▊▉ ]{8,}\|", line), line  # a bar of 8 characters or more
+    assert "700/1334" in line and re.search(r"\d+:\d\d left", line), line  # counts and time left
+    assert "G=19.9 D=3.15" in line
+
+
+
+def test_sample_grids_label_each_image_and_enlarge_small_crops(tmp_path):
+    from utils import VISUAL_NAMES, save_visuals
+    shades = dict(zip(VISUAL_NAMES, (-1.0, -0.6, -0.2, 0.2, 0.6, 1.0)))
+    save_visuals({name: torch.full((1, 3, 32, 48), shade) for name, shade in shades.items()}, tmp_path / "grid.png")
+    sheet = np.asarray(Image.open(tmp_path / "grid.png").convert("L"), dtype=int)
+    assert sheet.shape == (2 * (16 + 96) + 3 * 2, 3 * 144 + 4 * 2)  # 48x32 tiles enlarged 3 times, to 144x96
+    for i, name in enumerate(VISUAL_NAMES):
+        x, y = 2 + (i % 3) * (144 + 2), 2 + (i // 3) * (16 + 96 + 2)
+        label, tile = sheet[y:y + 16, x:x + 144], sheet[y + 16:y + 16 + 96, x:x + 144]
+        assert (label < 128).sum() > 20, name  # dark text on the white band above the tile
+        assert np.abs(tile - round((shades[name] * 0.5 + 0.5) * 255)).max() <= 1, name

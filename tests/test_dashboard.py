@@ -61,6 +61,23 @@ def test_a_server_started_after_training_gets_the_whole_history(tmp_path, fast_r
     assert stderr.count("no visdom server answers") == 1 and "visdom answers again" in stderr
 
 
+
+def test_the_dashboard_prints_where_the_runs_plots_are_once_and_plots_lr_on_a_log_axis(tmp_path, fast_retries,
+                                                                                       capsys):
+    port = free_port()
+    server = start_visdom_server(port, tmp_path / "env")
+    try:
+        run = Run(port)
+        run.log(1)
+        run.log(2)
+        run.dashboard.close()
+        import visdom
+        lr = json.loads(visdom.Visdom(port=port, env="run", use_incoming_socket=False).get_window_data("lr", env="run"))
+    finally:
+        stop(server)
+    assert lr["content"]["layout"]["yaxis"]["type"] == "log"  # 2e-4 on a linear -1..1 axis reads as 0
+    assert capsys.readouterr().out.count(f"visdom: this run's plots are at http://localhost:{port}/env/run\n") == 1
+
 def test_a_server_that_restarts_mid_run_gets_the_whole_history_again(tmp_path, fast_retries, capsys):
     port = free_port()
     server = start_visdom_server(port, tmp_path / "first")

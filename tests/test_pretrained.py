@@ -90,6 +90,9 @@ def test_the_results_page_shows_input_translation_and_reconstruction_with_relati
     for source in sources:
         assert not os.path.isabs(source) and (results / source).is_file()
     assert "testA_0</td>" in page  # the file name as caption
+    assert f"Translated by the weights in {tmp_path / 'run'}" in page
+    assert "<a href='#A2B'>A2B (3 images)</a> | <a href='#B2A'>B2A (2 images)</a>" in page
+    assert "<h2 id='A2B'>" in page and "<h2 id='B2A'>" in page
 
 
 def test_a_download_complete_before_it_was_moved_into_place_is_not_fetched_again(models, tmp_path):
