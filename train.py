@@ -609,11 +609,12 @@ def build_loader(args, launch, paths_A, paths_B):
 
 def epoch_bar(loader, at, args, launch):
     """The progress bar of epoch `at.epoch`, counting on from where a resumed run stopped. Its
-    speed is a moving average over about the last ten iterations (tqdm's default, about
-    three, made the time left swing on a busy machine)."""
+    speed, and so the time left, is the average since the bar opened: tqdm's default moving
+    average over the last few iterations made the time left swing on a busy machine, and
+    showed hours right after a resume, whose first iteration is slow."""
     done = at.pairs // (args.batch_size * launch.world_size)
     return tqdm(loader, desc=f"epoch {at.epoch + 1}/{args.n_epochs}", initial=done, total=done + len(loader),
-                dynamic_ncols=True, smoothing=0.1, bar_format=BAR_FORMAT, disable=not launch.writes)
+                dynamic_ncols=True, smoothing=0, bar_format=BAR_FORMAT, disable=not launch.writes)
 
 
 def bar_losses(means):
