@@ -18,6 +18,7 @@ import tempfile
 import warnings
 
 import numpy as np
+import scipy.linalg
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
@@ -89,15 +90,25 @@ def features(model, paths, device, batch_size):
     return torch.cat(out).numpy()
 
 
-def frechet_distance(x, y):
-    """FID between two sets of features, by pytorch-fid's formula."""
-    from pytorch_fid.fid_score import calculate_frechet_distance
+def frechet_distance(x, y, eps=1e-6):
+    """FID between two sets of features: pytorch-fid's calculate_frechet_distance, written out
+    because pytorch-fid 0.3.0 calls scipy's sqrtm with an argument (disp) that scipy 1.18, the
+    scipy of Python 3.12 and newer, no longer takes."""
+    s1, s2 = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
     with warnings.catch_warnings():
         # With fewer images than features the covariances are singular; pytorch-fid then
         # adds a small offset, as for published figures, and scipy's warning says nothing more.
         warnings.simplefilter("ignore")
-        return float(calculate_frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0),
-                                                np.cov(y, rowvar=False)))
+        covmean = scipy.linalg.sqrtm(s1 @ s2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(len(s1)) * eps
+            covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    if np.iscomplexobj(covmean):  # rounding can leave a small imaginary part
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise RunFailure(f"FID: the matrix square root has an imaginary part of {np.abs(covmean.imag).max():.3g}")
+        covmean = covmean.real
+    diff = x.mean(0) - y.mean(0)
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
 def mmd2_unbiased(x, y):

@@ -1,5 +1,6 @@
 """evaluate.py: the Fréchet distance and KID against closed forms on Gaussians, and the whole
 command with a randomly initialised InceptionV3 (its numbers mean nothing; the plumbing does)."""
+import inspect
 import json
 import math
 import os
@@ -22,6 +23,23 @@ def test_the_frechet_distance_of_two_gaussians_matches_the_closed_form():
     closed = np.sum((mu1 - mu2) ** 2) + np.sum(var1 + var2 - 2 * np.sqrt(var1 * var2))  # 5 + (0 + 1 + 4)
     assert evaluate.frechet_distance(x, y) == pytest.approx(closed, rel=0.02)
 
+
+
+def test_the_frechet_distance_needs_no_disp_argument_which_scipy_1_18_removed(monkeypatch):
+    sqrtm = scipy.linalg.sqrtm
+    monkeypatch.setattr(scipy.linalg, "sqrtm", lambda matrix: sqrtm(matrix))  # scipy 1.18's signature
+    rng = np.random.default_rng(2)
+    assert math.isfinite(evaluate.frechet_distance(rng.normal(size=(50, 8)), rng.normal(1, 1, size=(60, 8))))
+
+
+def test_the_frechet_distance_is_pytorch_fids_with_fewer_images_than_features():
+    if "disp" not in inspect.signature(scipy.linalg.sqrtm).parameters:
+        pytest.skip("pytorch-fid 0.3.0 cannot run with this scipy (its sqrtm takes no disp argument)")
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(20, 64)), rng.normal(0.5, 1, size=(30, 64))  # singular covariances
+    theirs = calculate_frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    assert evaluate.frechet_distance(x, y) == pytest.approx(theirs, rel=1e-6)
 
 def test_the_frechet_distance_equals_scipys_on_full_covariances():
     rng = np.random.default_rng(1)
