@@ -22,6 +22,11 @@ die() {
     exit 2
 }
 
+case "${1:-}" in -h | --help)
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    exit 0
+    ;;
+esac
 smoke=0
 if [ "${1:-}" = --smoke ]; then
     smoke=1
@@ -211,7 +216,7 @@ for batch in "${batches[@]}"; do
         name="bench_${batch}_$(echo "$options" | tr -d ' -')"
         # shellcheck disable=SC2086
         run "$name" "${bench[@]}" --batch_size "$batch" $options --json "$out/$name.json"
-        say "$("$PYTHON" - "$out/$name.json" "python benchmark.py --size $size --batch_size $batch $options" <<'EOF'
+        say "$("$PYTHON" - "$out/$name.json" "python benchmark.py --size $size ${tiny[*]} --batch_size $batch $options" <<'EOF'
 import json, sys
 # Dense bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s, by device name.
 PEAKS = {"H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 NVL": 835.5, "H100 PCIe": 756.5, "H200": 989.4,
