@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What a CUDA GPU does with this repository, in about ten minutes: is it correct there, and
-# how fast is it. Prints each section and writes them to OUT/gpu_check.md (with each
+# What a CUDA GPU does with this repository, meant to fit in ten minutes (not yet run on a
+# GPU): is it correct there, and how fast is it. Prints each section and writes them to OUT/gpu_check.md (with each
 # benchmark's JSON and each command's log beside it).
 #
 #   bash scripts/gpu_check.sh OUT            on a machine with a CUDA GPU
