@@ -6,7 +6,8 @@ Reports the median and spread of seconds per training iteration and images per s
 translation after warm-up, the peak memory (GPU memory on CUDA, resident memory on CPU), and
 the achieved TFLOP/s from FLOPs counted by torch for one iteration; with --compile, the
 compile time; with --dataroot, how long one worker takes to decode and augment a training
-pair. Prints a table and writes JSON (--json).
+pair; with --video, the frames per second of translating that video as test.py does. Prints
+a table and writes JSON (--json).
 """
 import json
 import os
@@ -14,6 +15,7 @@ import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -24,6 +26,7 @@ from models import translate
 from train import MIN_SIZE, CycleGAN
 from utils import (ArgumentParser, UserError, add_amp_argument, add_device_argument, default_load_size, fail,
                    pick_device, require, use_amp)
+from video import VideoError, VideoReader, translate_frames
 
 
 def build_parser():
@@ -34,6 +37,9 @@ def build_parser():
     p.add_argument("--channels_last", action="store_true", help="channels-last memory format, as train.py")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks, as train.py")
     p.add_argument("--dataroot", help="also time decoding and augmenting training pairs from this dataset")
+    p.add_argument("--video", help="also time translating this video with G_A2B as test.py does (decoding, "
+                   "--batch_size frames at a time, encoding the input and the translation), --video_runs times")
+    p.add_argument("--video_runs", type=int, default=3, help="times to translate --video (default: 3)")
     p.add_argument("--ngf", type=int, default=64, help="generator filters (default: 64)")
     p.add_argument("--ndf", type=int, default=64, help="discriminator filters (default: 64)")
     p.add_argument("--n_blocks", type=int, default=9, help="residual blocks per generator (default: 9)")
@@ -89,7 +95,7 @@ def peak_memory_mib(device):
 
 def run(args):
     check_args(args)
-    require(args, 1, "ngf", "ndf", "n_blocks")
+    require(args, 1, "ngf", "ndf", "n_blocks", "video_runs")
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise UserError(f"--json {args.json}: no such folder")
     device = pick_device(args.device)
@@ -132,6 +138,7 @@ def run(args):
         "peak_memory_mib": peak_memory_mib(device),
         "compile_seconds": compile_seconds,
         "data_seconds_per_pair": time_data(args.dataroot, args.size) if args.dataroot else None,
+        "video_frames_per_second": time_video(args.video, model, args) if args.video else None,
     }
 
 
@@ -142,6 +149,27 @@ def time_data(dataroot, size, n=100):
     dataset = UnalignedDataset(paths_A, paths_B, default_load_size(size), size)
     keys = list(EpochSampler(len(paths_A), len(paths_B), seed=0))[:n]
     return summary(timed(lambda: dataset[keys.pop()], torch.device("cpu"), 0, len(keys)))
+
+
+def time_video(path, model, args):
+    """Frames per second of translating the video at `path` with G_A2B, start to end of each
+    of --video_runs runs (the outputs go to a temporary folder); and its frame count and size."""
+    def generate(frames):
+        with torch.inference_mode(), model.autocast():
+            return translate(model.G_A2B, frames.to(model.device, memory_format=model.memory_format)).float().cpu()
+
+    rates = []
+    with tempfile.TemporaryDirectory() as out:
+        for _ in range(args.video_runs):
+            try:
+                with VideoReader(path) as video:
+                    start = time.perf_counter()
+                    translate_frames(video, generate, os.path.join(out, "real.mp4"), os.path.join(out, "fake.mp4"),
+                                     args.batch_size)
+                    rates.append(video.count / (time.perf_counter() - start))
+            except VideoError as e:
+                raise UserError(f"--video {path}: {e}")
+    return {**summary(rates), "frames": video.count, "width": video.width, "height": video.height}
 
 
 def print_table(r):
@@ -163,6 +191,10 @@ def print_table(r):
         d = r["data_seconds_per_pair"]
         print(f"data: {d['median'] * 1000:.1f} ms (min {d['min'] * 1000:.1f}, max {d['max'] * 1000:.1f}) "
               f"per training pair per worker, {1 / d['median']:.0f} pairs/s per worker")
+    if r["video_frames_per_second"]:
+        v = r["video_frames_per_second"]
+        print(f"video ({v['frames']} frames, {v['width']}x{v['height']}): {v['median']:.2f} frames/s (min "
+              f"{v['min']:.2f}, max {v['max']:.2f}) over {v['n']} runs")
 
 
 def main(argv=None):

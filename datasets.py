@@ -17,6 +17,7 @@ from torchvision.transforms import InterpolationMode
 from utils import UserError, describe
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGES = f"images ({', '.join(IMG_EXTENSIONS)})"
 LAYOUT = "DIR/trainA, DIR/trainB, DIR/testA, DIR/testB (or DIR/train/A, DIR/train/B, ...)"
 
 
@@ -30,19 +31,21 @@ def domain_dir(dataroot, split, domain):
     raise UserError(f"{dataroot}: no folder {split}{domain} (or {split}/{domain}); expected {LAYOUT}")
 
 
-def list_images(folder):
-    """Usable image files directly in `folder`, sorted by name, and the skipped entries as
-    (path, reason) pairs; an error when no image is usable."""
+def list_images(folder, check=None, what=IMAGES):
+    """Usable files directly in `folder`, sorted by name, and the skipped entries as
+    (path, reason) pairs; an error when none is usable. `check` (default: check_image) gives
+    the reason a file is skipped, or None; `what` names the usable files in that error."""
+    check = check or check_image
     paths, skipped = [], []
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        reason = check_image(path)
+        reason = check(path)
         if reason is None:
             paths.append(path)
         else:
             skipped.append((path, reason))
     if not paths:
-        raise UserError(f"{folder}: no usable images ({', '.join(IMG_EXTENSIONS)}){_why_skipped(skipped)}")
+        raise UserError(f"{folder}: no usable {what}{_why_skipped(skipped)}")
     return paths, skipped
 
 

@@ -1,10 +1,12 @@
-"""Translate images with trained CycleGAN generators, at their native size.
+"""Translate images and videos with trained CycleGAN generators, at their native size.
 
     python test.py --dataroot datasets/horse2zebra            # testA -> B and testB -> A
     python test.py --input my_photos --weights horse2zebra.pth --direction A2B
+    python test.py --input clip.mp4 --weights output/horse2zebra --direction A2B
 
 Writes RESULTS/A2B/<name>.png and RESULTS/B2A/<name>.png (the translations), RESULTS/real_A/
-and RESULTS/real_B/ (the inputs as the network saw them) and RESULTS/index.html.
+and RESULTS/real_B/ (the inputs as the network saw them) and RESULTS/index.html; a video
+becomes <name>.mp4 in the same folders.
 """
 import collections
 import copy
@@ -18,11 +20,12 @@ import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from datasets import ImageFiles, domain_dir, list_images
+from datasets import IMG_EXTENSIONS, ImageFiles, check_image, domain_dir, list_images
 from models import Generator, translate
 from utils import (DIRECTIONS, ArgumentParser, RunFailure, UserError, add_amp_argument, add_device_argument,
                    add_workers_argument, amp_dtype, default_output, download, fail, load_weights, pick_device,
                    precision_name, report_skipped, require, same_size_batches, use_amp)
+from video import VIDEO_EXTENSIONS, VideoError, VideoReader, check_video, is_video, translate_frames
 
 # The authors' published generators, each translating one way, and the one for the way back.
 PRETRAINED = {
@@ -44,7 +47,8 @@ def build_parser():
     p = ArgumentParser(description="Translate test images A->B and B->A with trained generators.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataroot", help="dataset folder: translates testA/ (or test/A) and testB/ (or test/B)")
-    source.add_argument("--input", help="a folder of your own images to translate in --direction")
+    source.add_argument("--input", help="your own images and videos to translate in --direction: a folder of "
+                        "them, or one file")
     p.add_argument("--direction", choices=("A2B", "B2A", "both"),
                    help="which generator(s) to run (default: both with --dataroot, A2B with --input)")
     p.add_argument("--weights", help="folder with netG_A2B.pth and netG_B2A.pth (train.py's --output), train.py's "
@@ -60,7 +64,11 @@ def build_parser():
     p.add_argument("--n_blocks", type=int, help="residual blocks per generator (default: read from the weights)")
     add_device_argument(p)
     p.add_argument("--batch_size", type=int, default=1,
-                   help="images of one size translated together; more is faster on a GPU (default: 1)")
+                   help="images of one size, or frames of a video, translated together; more is faster on a GPU "
+                   "(default: 1)")
+    p.add_argument("--side_by_side", action="store_true",
+                   help="videos: each frame of the translated video shows the input on the left and its "
+                   "translation on the right, as demonstrations show them")
     add_amp_argument(p)
     add_workers_argument(p, "image-loading")
     return p
@@ -81,16 +89,16 @@ def resolve(args):
             raise UserError("--direction both needs --dataroot; with --input choose A2B or B2A")
         if args.weights is None and not args.pretrained:
             raise UserError("--input needs --weights (a training output folder or a generator .pth file)")
-        if not os.path.isdir(args.input):
-            raise UserError(f"--input {args.input}: no such folder")
+        if not os.path.exists(args.input):
+            raise UserError(f"--input {args.input}: no such file or folder")
         if args.pretrained:
             args.weights = fetch_pretrained(args.pretrained)
         inputs = {args.direction or "A2B": args.input}
     if args.results is None:
         base = args.weights if os.path.isdir(args.weights) else os.path.dirname(os.path.abspath(args.weights))
-        name = "_".join(filter(None, ["results", args.pretrained, args.input and os.path.basename(os.path.normpath(args.input))]))
+        name = "_".join(filter(None, ["results", args.pretrained, args.input and _input_name(args.input)]))
         args.results = os.path.join(base, name)
-    for folder in inputs.values():
+    for folder in filter(os.path.isdir, inputs.values()):
         if _inside(args.results, folder):
             raise UserError(f"--results {args.results}: is inside the input folder {folder}; choose another")
     try:
@@ -130,6 +138,12 @@ def fetch_pretrained(name):
         raise RunFailure(f"{url} did not give a weights file torch can read; removed it, run again to download "
                          "it anew")
     return path
+
+
+def _input_name(path):
+    """my_photos for a folder my_photos/, clip for a file clip.mp4."""
+    name = os.path.basename(os.path.normpath(path))
+    return name if os.path.isdir(path) else os.path.splitext(name)[0]
 
 
 def _inside(path, folder):
@@ -203,8 +217,31 @@ def _first_mismatch(expected, state):
     return f"unexpected key {unexpected[0]}" if unexpected else None
 
 
+INPUTS = f"images or videos ({', '.join(IMG_EXTENSIONS + VIDEO_EXTENSIONS)})"
+
+
+def list_inputs(path):
+    """The images and videos to translate: `path` itself if it is a file, else the usable
+    files directly in the folder; with the skipped (path, reason) pairs."""
+    if os.path.isdir(path):
+        return list_images(path, check_input, INPUTS)
+    reason = check_input(path)
+    if reason is not None:
+        raise UserError(f"{path}: {reason}")
+    return [path], []
+
+
+def check_input(path):
+    """Why `path` cannot be translated, or None."""
+    if is_video(path):
+        return check_video(path)
+    if not path.lower().endswith(IMG_EXTENSIONS):
+        return "a folder" if os.path.isdir(path) else "not an image or video file"
+    return check_image(path)
+
+
 def output_names(paths):
-    """<stem>.png per input; files that share a stem (x.jpg, x.png) keep their extension."""
+    """<stem> per input; files that share a stem (x.jpg, x.png) keep their extension."""
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     counts = collections.Counter(stems)
     return [stem if counts[stem] == 1 else os.path.basename(p).replace(".", "_")
@@ -212,15 +249,33 @@ def output_names(paths):
 
 
 def run_direction(G, paths, results, direction, device, args, *, G_back=None):
+    """Translate the images and videos in `paths` with G; returns the names of the files
+    written into results/<direction>. A video that turns out to be unreadable halfway is
+    skipped with a line naming it (an error, when it was the only input)."""
+    names = dict(zip(paths, output_names(paths)))
+    images = [p for p in paths if not is_video(p)]
+    done = run_images(G, images, [names[p] for p in images], results, direction, device, args, G_back=G_back)
+    translator = Translator(G, None, device, use_amp(args.amp, device))
+    for path in filter(is_video, paths):
+        try:
+            done.append(run_video(translator, path, names[path], results, direction, args))
+        except VideoError as e:
+            if len(paths) == 1:
+                raise UserError(f"{path}: {e}")
+            tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
+    return done
+
+
+def run_images(G, paths, names, results, direction, device, args, *, G_back=None):
     """Translate `paths` with G, up to --batch_size images of one size at a time, while worker
-    processes read the next images and a thread writes the PNGs; returns the names written.
+    processes read the next images and a thread writes the PNGs; returns the files written.
     With G_back (the generator for the way back) the reconstructions are written too."""
+    if not paths:
+        return []
     domain = DIRECTIONS[direction].source
-    names = output_names(paths)
-    os.makedirs(os.path.join(results, direction), exist_ok=True)
-    os.makedirs(os.path.join(results, f"real_{domain}"), exist_ok=True)
-    if G_back is not None:
-        os.makedirs(os.path.join(results, f"rec_{domain}"), exist_ok=True)
+    folders = [direction, f"real_{domain}"] + ([f"rec_{domain}"] if G_back is not None else [])
+    for folder in folders:
+        os.makedirs(os.path.join(results, folder), exist_ok=True)
     loader = torch.utils.data.DataLoader(ImageFiles(paths), batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda")
     done, writes = [], []
@@ -230,11 +285,30 @@ def run_direction(G, paths, results, direction, device, args, *, G_back=None):
             fakes, recs = translator(images, [names[i] for i in indices])
             for image, fake, rec, i in zip(images, fakes, recs, indices):
                 writes.append(writer.submit(save_images, image, fake, rec, results, direction, names[i]))
-                done.append(names[i])
+                done.append(f"{names[i]}.png")
             bar.update(len(indices))
         for write in writes:
             write.result()  # a failed write (a full disk) raises here
     return done
+
+
+def run_video(translator, path, name, results, direction, args):
+    """Translate one video; returns the file written. The input as the network saw it
+    (upright) goes to real_<domain>/, the translation (beside the input with --side_by_side)
+    to <direction>/, each as <name>.mp4."""
+    file = f"{name}.mp4"
+    real, fake = (os.path.join(results, folder, file) for folder in (f"real_{DIRECTIONS[direction].source}", direction))
+    for folder in map(os.path.dirname, (real, fake)):
+        os.makedirs(folder, exist_ok=True)
+
+    def generate(frames):
+        return translator(frames, [os.path.basename(path)])[0]
+
+    with VideoReader(path) as video, tqdm(desc=f"{direction} {os.path.basename(path)}", total=video.frame_count(),
+                                         unit="frame", smoothing=0) as bar:
+        translate_frames(video, generate, real, fake, args.batch_size, side_by_side=args.side_by_side,
+                         progress=bar.update)
+    return file
 
 
 class Translator:
@@ -266,6 +340,7 @@ class Translator:
         return fakes.float().cpu(), recs
 
 
+
 def save_images(image, fake, rec, results, direction, name):
     domain = DIRECTIONS[direction].source
     save_image(image * 0.5 + 0.5, os.path.join(results, f"real_{domain}", f"{name}.png"))
@@ -276,27 +351,43 @@ def save_images(image, fake, rec, results, direction, name):
 
 def write_index(results, done, reconstructed, weights):
     """index.html: which weights made it, a link to each direction, then each input beside its
-    translation and, where the generator for the way back was there, its reconstruction; file
-    names as captions, images as wide as the page allows and loaded as they scroll into view,
-    and relative links, so that the folder can be zipped and shared."""
+    translation and, where the generator for the way back was there, its reconstruction
+    (images only); file names as captions, images and videos as wide as the page allows,
+    loaded as they scroll into view, and relative links, so that the folder can be zipped
+    and shared. `done` holds the file names written per direction."""
     parts = ["<!doctype html><meta charset='utf-8'><title>CycleGAN results</title>",
              "<style>body{font-family:sans-serif} table{width:100%;table-layout:fixed} "
-             "td{padding:4px;vertical-align:top;text-align:center} img{width:100%;display:block}</style>",
+             "td{padding:4px;vertical-align:top;text-align:center} img,video{width:100%;display:block}</style>",
              f"<p>Translated by {html.escape(weights)}</p>",
-             "<p>" + " | ".join(f"<a href='#{d}'>{d} ({len(names)} images)</a>" for d, names in done.items()) + "</p>"]
-    for direction, names in done.items():
+             "<p>" + " | ".join(f"<a href='#{d}'>{d} ({_count(files)})</a>" for d, files in done.items()) + "</p>"]
+    for direction, files in done.items():
         domain = DIRECTIONS[direction].source
         columns = [("input", f"real_{domain}"), (direction, direction)]
         columns += [("reconstruction", f"rec_{domain}")] if reconstructed[direction] else []
-        parts.append(f"<h2 id='{direction}'>{direction} ({len(names)} images)</h2><table><tr>"
+        parts.append(f"<h2 id='{direction}'>{direction} ({_count(files)})</h2><table><tr>"
                      + "".join(f"<th>{title}</th>" for title, _ in columns) + "</tr>")
-        for name in names:
-            file = html.escape(f"{name}.png", quote=True)
-            parts.append("<tr>" + "".join(f"<td><img loading='lazy' src='{folder}/{file}'>{html.escape(name)}</td>"
-                                          for _, folder in columns) + "</tr>")
+        for file in files:
+            parts.append("<tr>" + "".join(_cell(folder, file) for _, folder in columns) + "</tr>")
         parts.append("</table>")
     with open(os.path.join(results, "index.html"), "w", encoding="utf-8") as f:
         f.write("\n".join(parts) + "\n")
+
+
+def _count(files):
+    videos = sum(map(is_video, files))
+    counts = [(len(files) - videos, "image"), (videos, "video")]
+    return ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for n, kind in counts if n) or "none"
+
+
+def _cell(folder, file):
+    """A table cell showing results/<folder>/<file> above its name; empty for a video's
+    reconstruction, which is not made."""
+    if folder.startswith("rec_") and is_video(file):
+        return "<td></td>"
+    src = html.escape(f"{folder}/{file}", quote=True)
+    media = (f"<video controls preload='metadata' src='{src}'></video>" if is_video(file)
+             else f"<img loading='lazy' src='{src}'>")
+    return f"<td>{media}{html.escape(file)}</td>"
 
 
 def back_generator(args, direction, generators, device):
@@ -322,7 +413,7 @@ def main(argv=None):
     try:
         inputs = resolve(args)
         device = pick_device(args.device)
-        scans = {d: list_images(folder) for d, folder in inputs.items()}
+        scans = {d: list_inputs(path) for d, path in inputs.items()}
         states = generator_states(args.weights, list(inputs))
         generators = {d: build_generator(*states[d], args.ngf, args.n_blocks, device) for d in inputs}
         backs = {d: back_generator(args, d, generators, device) for d in inputs}
@@ -335,8 +426,10 @@ def main(argv=None):
     try:
         done = {d: run_direction(generators[d], scans[d][0], args.results, d, device, args, G_back=backs[d])
                 for d in inputs}
+    except UserError as e:  # the only input, a video, turned out unreadable halfway
+        fail(f"test.py: error: {e}")
     except KeyboardInterrupt:
-        fail(f"test.py: interrupted; the images translated so far are in {args.results}", 130)
+        fail(f"test.py: interrupted; what was translated so far is in {args.results}", 130)
     except OSError as e:  # a full disk while writing results
         fail(f"test.py: error: {e.strerror or e}: {e.filename or ''}", 1)
     made_by = f"the authors' {args.pretrained} generator" if args.pretrained else f"the weights in {args.weights}"

@@ -12,7 +12,7 @@
 # uninterrupted one; torchrun with one process (NCCL) against a plain run; test.py and
 # evaluate.py on the GPU against the CPU. Speed: benchmark.py at 256x256 for batch 1, 4 and 8
 # in fp32, bf16, bf16 + channels_last and bf16 + compile, the authors' step (tests/authors.py)
-# in fp32, and translation at batch 1 and 16.
+# in fp32, translation at batch 1 and 16, and a video translated as test.py does (frames/s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -39,11 +39,11 @@ out=$(cd "$out" && pwd)
 report="$out/gpu_check.md"
 
 if [ $smoke = 1 ]; then
-    device=cpu size=32 tiny=(--ngf 8 --ndf 8 --n_blocks 2) batches=(1) amp_steps=20 iters=2 images=6
+    device=cpu size=32 tiny=(--ngf 8 --ndf 8 --n_blocks 2) batches=(1) amp_steps=20 iters=2 images=6 frames=12
 else
     "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null ||
         die "no CUDA GPU here (torch.cuda.is_available() is False); on a CPU, --smoke runs every section at tiny sizes"
-    device=cuda size=256 tiny=() batches=(1 4 8) amp_steps=50 iters=20 images=24
+    device=cuda size=256 tiny=() batches=(1 4 8) amp_steps=50 iters=20 images=24 frames=240
 fi
 
 say() {  # a line of the report, also printed
@@ -239,6 +239,36 @@ done
 run translate_16 "${bench[@]}" --batch_size 16 --amp on --json "$out/translate_16.json"
 say ""
 say "Translation at batch 16 (bf16): $("$PYTHON" -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["translate_images_per_second"], 1))' "$out/translate_16.json") images/s."
+# A smooth moving picture, made here, translated as test.py translates a video: decoded
+# ahead in a thread, through G_A2B in batches, the input and translation encoded behind.
+clip="$out/clip.mp4"
+"$PYTHON" - "$clip" "$size" "$frames" <<'EOF'
+import sys
+import av
+import numpy as np
+path, size, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+y, x = np.mgrid[0:size, 0:size]
+with av.open(path, "w") as out:
+    stream = out.add_stream("libx264", rate=24)
+    stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+    for i in range(n):
+        pixels = np.stack([(x + 4 * i) % 256, (y + 2 * i) % 256, np.full_like(x, 8 * i % 256)], -1)
+        out.mux(stream.encode(av.VideoFrame.from_ndarray(pixels.astype(np.uint8), format="rgb24")))
+    out.mux(stream.encode(None))
+EOF
+say ""
+say "| video ($frames frames, $size x $size): command | frames/s, median (min-max) of 3 runs |"
+say "| --- | --- |"
+for batch in 1 8; do
+    run "video_$batch" "${bench[@]}" --iters 1 --batch_size "$batch" --amp on --video "$clip" \
+        --json "$out/video_$batch.json"
+    say "$("$PYTHON" - "$out/video_$batch.json" "python benchmark.py --size $size ${tiny[*]} --batch_size $batch --amp on --video clip.mp4" <<'EOF'
+import json, sys
+v = json.load(open(sys.argv[1]))["video_frames_per_second"]
+print(f"| `{sys.argv[2]}` | {v['median']:.1f} ({v['min']:.1f}-{v['max']:.1f}) |")
+EOF
+)"
+done
 if grep -q '| NO |$' "$report"; then
     echo "gpu_check.sh: error: some checks failed (marked NO in $report)" >&2
     exit 1

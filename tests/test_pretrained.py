@@ -89,7 +89,7 @@ def test_the_results_page_shows_input_translation_and_reconstruction_with_relati
     assert len(sources) == 3 * (3 + 2)  # testA has 3 images, testB 2; three columns each
     for source in sources:
         assert not os.path.isabs(source) and (results / source).is_file()
-    assert "testA_0</td>" in page  # the file name as caption
+    assert "testA_0.png</td>" in page  # the file name as caption
     assert f"Translated by the weights in {tmp_path / 'run'}" in page
     assert "<a href='#A2B'>A2B (3 images)</a> | <a href='#B2A'>B2A (2 images)</a>" in page
     assert "<h2 id='A2B'>" in page and "<h2 id='B2A'>" in page

@@ -30,6 +30,7 @@ SECTION_SCRIPTS = {
     "Watching training in visdom": {"train.py"},
     "Multiple GPUs and nodes": {"train.py"},
     "Translate": {"test.py"},
+    "Translate a video": {"test.py"},
     "The authors' pretrained generators": {"test.py"},
     "Measure quality: FID and KID": {"evaluate.py"},
     "What is implemented, as in the paper": {"train.py"},
