@@ -239,8 +239,9 @@ class VideoWriter:
         self.output = av.open(self.part, "w", format="mp4", options={"movflags": "+faststart"})
         self.video = self.output.add_stream("libx264", rate=source.rate, options={"crf": CRF})
         self.video.width, self.video.height = width, height
-        # 4:2:0, which every player and browser plays, needs even sizes; an odd size is kept
-        # exactly in 4:4:4, which desktop players (not all browsers) play.
+        # 4:2:0, which every player plays, needs even sizes; an odd size is kept exactly in
+        # 4:4:4 (H.264 High 4:4:4), which FFmpeg-based players and Chromium play, and which
+        # many hardware decoders (phones, Safari) do not.
         self.video.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
         self.video.codec_context.time_base = source.time_base
         self.audio = AudioCopy(source.path, self.output) if source.container.streams.audio else None

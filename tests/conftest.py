@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny generated datasets and running the scripts as a user would."""
+"""Shared test helpers: tiny generated datasets, running the scripts as a user would, and a
+headless Chromium for the pages they write."""
 import contextlib
 import importlib.util
 import io
@@ -243,3 +244,22 @@ def dataset_zip(name, counts=None):
                 Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(image, "JPEG")
                 z.writestr(f"{name}/{folder}/{i}.jpg", image.getvalue())
     return buffer.getvalue()
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-quic", "--window-size=1600,1500")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import (ROOT, TINY, WEIGHTS, assert_same_weights, assert_user_error, free_port, load_script,
-                      make_dataset, run_script, save_generator, start_visdom_server, stop)
+                      make_dataset, run_script, save_generator, start_visdom_server, stop, write_image)
 
 
 
@@ -216,6 +216,21 @@ def test_a_single_generator_file_translates_a_folder_of_photos(tmp_path):
                         "--results", results, "--ngf", "8", "--n_blocks", "2", "--workers", "0")
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(results / "A2B")) == ["mine_0.png", "mine_1.png"]
+
+
+def test_one_image_file_as_input_is_translated_into_results_named_after_it(tmp_path):
+    photo = write_image(str(tmp_path / "holiday.jpg"))
+    weights = save_generator(tmp_path / "g.pth")
+    result = run_script("test.py", "--input", photo, "--weights", weights, "--workers", "0", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(tmp_path / "results_holiday" / "A2B") == ["holiday.png"]
+
+
+def test_one_file_that_is_neither_image_nor_video_is_a_user_error(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    result = run_script("test.py", "--input", notes, "--weights", save_generator(tmp_path / "g.pth"))
+    assert_user_error(result, f"{notes}: not an image or video file")
 
 
 def test_checkpoint_pth_is_accepted_as_weights(dataset, tmp_path):

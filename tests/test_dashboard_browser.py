@@ -14,11 +14,6 @@ import pytest
 from conftest import ROOT, TINY, free_port, run_script, start_visdom_server, stop
 from utils import LOSS_NAMES
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-quic", "--window-size=1600,1500")
-
-
 @pytest.fixture(scope="module")
 def visdom_assets():
     if not shutil.which("npm"):
@@ -26,20 +21,6 @@ def visdom_assets():
     result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "visdom_assets.sh")], capture_output=True,
                             text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode == 0, result.stderr
-
-
-@pytest.fixture
-def browser(tmp_path):
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 TRACE_NAMES = """return Array.from(document.querySelectorAll('.js-plotly-plot'))

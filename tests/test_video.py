@@ -236,6 +236,23 @@ def test_a_folder_of_images_and_videos_translates_both_and_the_page_plays_the_vi
     assert "<a href='#A2B'>A2B (1 image, 1 video)</a>" in page
 
 
+VIDEO_STATES = """return Array.from(document.querySelectorAll('video')).map(v => [
+    v.getAttribute('src'), v.readyState, v.duration, v.videoWidth, v.videoHeight, v.error && v.error.code])"""
+
+
+def test_the_results_page_plays_the_input_and_the_translation_in_a_browser(tmp_path, generator, browser):
+    clip = write_video(tmp_path / "clip.mp4", n=24, size=(128, 96), audio=("aac", 44100))
+    assert translate_video(clip, generator, tmp_path / "out", "--side_by_side").returncode == 0
+    browser.get((tmp_path / "out" / "index.html").as_uri())
+    deadline = time.time() + 30
+    while any(state[1] < 1 for state in browser.execute_script(VIDEO_STATES)) and time.time() < deadline:
+        time.sleep(0.2)  # readyState 1: the browser has read the video's size and duration
+    states = browser.execute_script(VIDEO_STATES)
+    assert [(src, width, height, error) for src, _, _, width, height, error in states] == [
+        ("real_A/clip.mp4", 128, 96, None), ("A2B/clip.mp4", 256, 96, None)]
+    assert all(abs(duration - 1.0) < 0.1 for _, _, duration, *_ in states), states
+
+
 def test_a_bad_video_in_a_folder_is_skipped_by_name_and_the_rest_translated(tmp_path, generator):
     folder = tmp_path / "mine"
     write_video(folder / "good.mp4", n=3)
