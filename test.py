@@ -44,7 +44,7 @@ PRETRAINED_CACHE = os.path.join("output", "pretrained")
 
 
 def build_parser():
-    p = ArgumentParser(description="Translate test images A->B and B->A with trained generators.")
+    p = ArgumentParser(description="Translate images and videos A->B and B->A with trained generators.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataroot", help="dataset folder: translates testA/ (or test/A) and testB/ (or test/B)")
     source.add_argument("--input", help="your own images and videos to translate in --direction: a folder of "
