@@ -101,11 +101,15 @@ def resolve(args):
     for folder in filter(os.path.isdir, inputs.values()):
         if _inside(args.results, folder):
             raise UserError(f"--results {args.results}: is inside the input folder {folder}; choose another")
-    try:
-        os.makedirs(args.results, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--results {args.results}: cannot write there ({e.strerror or e})")
     return inputs
+
+
+def make_results_folder(results):
+    """Made once the inputs and weights are known to be good: a mistake leaves no empty folder."""
+    try:
+        os.makedirs(results, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--results {results}: cannot write there ({e.strerror or e})")
 
 
 def check_pretrained(args):
@@ -417,6 +421,7 @@ def main(argv=None):
         states = generator_states(args.weights, list(inputs))
         generators = {d: build_generator(*states[d], args.ngf, args.n_blocks, device) for d in inputs}
         backs = {d: back_generator(args, d, generators, device) for d in inputs}
+        make_results_folder(args.results)
     except UserError as e:
         fail(f"test.py: error: {e}")
     except RunFailure as e:

@@ -233,6 +233,15 @@ def test_one_file_that_is_neither_image_nor_video_is_a_user_error(tmp_path):
     assert_user_error(result, f"{notes}: not an image or video file")
 
 
+def test_a_mistake_found_before_translating_leaves_no_results_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_script("test.py", "--input", empty, "--weights", save_generator(tmp_path / "g.pth"),
+                        "--results", tmp_path / "out")
+    assert_user_error(result, "no usable images or videos")
+    assert not (tmp_path / "out").exists()
+
+
 def test_checkpoint_pth_is_accepted_as_weights(dataset, tmp_path):
     out = str(tmp_path / "run")
     assert train(dataset, out, "--n_epochs", "1").returncode == 0
