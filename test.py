@@ -9,11 +9,14 @@ and RESULTS/real_B/ (the inputs as the network saw them) and RESULTS/index.html;
 becomes <name>.mp4 in the same folders.
 """
 import collections
+import contextlib
 import copy
 import functools
 import html
 import os
+import signal
 import sys
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -252,13 +255,13 @@ def output_names(paths):
             for stem, p in zip(stems, paths)]
 
 
-def run_direction(G, paths, results, direction, device, args, *, G_back=None):
-    """Translate the images and videos in `paths` with G; returns the names of the files
-    written into results/<direction>. A video that turns out to be unreadable halfway is
+def run_direction(G, paths, results, direction, device, args, done, *, G_back=None):
+    """Translate the images and videos in `paths` with G, adding the name of each file written
+    into results/<direction> to `done`. A video that turns out to be unreadable halfway is
     skipped with a line naming it (an error, when it was the only input)."""
     names = dict(zip(paths, output_names(paths)))
     images = [p for p in paths if not is_video(p)]
-    done = run_images(G, images, [names[p] for p in images], results, direction, device, args, G_back=G_back)
+    run_images(G, images, [names[p] for p in images], results, direction, device, args, done, G_back=G_back)
     translator = Translator(G, None, device, use_amp(args.amp, device))
     for path in filter(is_video, paths):
         try:
@@ -267,22 +270,21 @@ def run_direction(G, paths, results, direction, device, args, *, G_back=None):
             if len(paths) == 1:
                 raise UserError(f"{path}: {e}")
             tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
-    return done
 
 
-def run_images(G, paths, names, results, direction, device, args, *, G_back=None):
+def run_images(G, paths, names, results, direction, device, args, done, *, G_back=None):
     """Translate `paths` with G, up to --batch_size images of one size at a time, while worker
-    processes read the next images and a thread writes the PNGs; returns the files written.
+    processes read the next images and a thread writes the PNGs; adds the files to `done`.
     With G_back (the generator for the way back) the reconstructions are written too."""
     if not paths:
-        return []
+        return
     domain = DIRECTIONS[direction].source
     folders = [direction, f"real_{domain}"] + ([f"rec_{domain}"] if G_back is not None else [])
     for folder in folders:
         os.makedirs(os.path.join(results, folder), exist_ok=True)
     loader = torch.utils.data.DataLoader(ImageFiles(paths), batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda")
-    done, writes = [], []
+    writes = []
     translator = Translator(G, G_back, device, use_amp(args.amp, device))
     with ThreadPoolExecutor(max_workers=1) as writer, tqdm(desc=direction, total=len(paths)) as bar:
         for images, indices in same_size_batches(loader, args.batch_size):
@@ -293,7 +295,6 @@ def run_images(G, paths, names, results, direction, device, args, *, G_back=None
             bar.update(len(indices))
         for write in writes:
             write.result()  # a failed write (a full disk) raises here
-    return done
 
 
 def run_video(translator, path, name, results, direction, args):
@@ -312,6 +313,7 @@ def run_video(translator, path, name, results, direction, args):
                                          unit="frame", smoothing=0) as bar:
         translate_frames(video, generate, real, fake, args.batch_size, side_by_side=args.side_by_side,
                          progress=bar.update)
+        bar.total = bar.n  # the count was an estimate from the duration (mkv, webm)
     return file
 
 
@@ -388,7 +390,7 @@ def _cell(folder, file):
     reconstruction, which is not made."""
     if folder.startswith("rec_") and is_video(file):
         return "<td></td>"
-    src = html.escape(f"{folder}/{file}", quote=True)
+    src = html.escape(urllib.parse.quote(f"{folder}/{file}"), quote=True)  # a name may hold # or ?
     media = (f"<video controls preload='metadata' src='{src}'></video>" if is_video(file)
              else f"<img loading='lazy' src='{src}'>")
     return f"<td>{media}{html.escape(file)}</td>"
@@ -412,6 +414,38 @@ def holds_both(weights):
     return isinstance(state, dict) and "model" in state
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, or a cluster's time limit) stops translation as Ctrl-C does."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def finish(args, done, backs):
+    """index.html for the files translated, whenever any were; else the folders made for them
+    are removed. Returns the number of files."""
+    count = sum(map(len, done.values()))
+    if count:
+        made_by = f"the authors' {args.pretrained} generator" if args.pretrained else f"the weights in {args.weights}"
+        write_index(args.results, {d: files for d, files in done.items() if files},
+                    {d: backs[d] is not None for d in done}, made_by)
+    else:
+        for folder, _, _ in sorted(os.walk(args.results), reverse=True):  # sub-folders first
+            with contextlib.suppress(OSError):  # not empty
+                os.rmdir(folder)
+    return count
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
@@ -428,17 +462,23 @@ def main(argv=None):
         fail(f"test.py: error: {e}", 1)
     report_skipped([entry for _, skipped in scans.values() for entry in skipped])
     print(f"device {device} ({precision_name(amp_dtype(device) if use_amp(args.amp, device) else None)})")
+    done = {d: [] for d in inputs}
     try:
-        done = {d: run_direction(generators[d], scans[d][0], args.results, d, device, args, G_back=backs[d])
-                for d in inputs}
+        with sigterm_as_interrupt():
+            for d in inputs:
+                run_direction(generators[d], scans[d][0], args.results, d, device, args, done[d], G_back=backs[d])
     except UserError as e:  # the only input, a video, turned out unreadable halfway
+        finish(args, done, backs)
         fail(f"test.py: error: {e}")
-    except KeyboardInterrupt:
-        fail(f"test.py: interrupted; what was translated so far is in {args.results}", 130)
+    except KeyboardInterrupt as e:
+        count = finish(args, done, backs)
+        kept = f"the files translated so far ({count}) are in {args.results}" if count else "nothing was translated"
+        fail(f"test.py: interrupted; {kept}", 143 if isinstance(e, Terminated) else 130)
     except OSError as e:  # a full disk while writing results
+        finish(args, done, backs)
         fail(f"test.py: error: {e.strerror or e}: {e.filename or ''}", 1)
-    made_by = f"the authors' {args.pretrained} generator" if args.pretrained else f"the weights in {args.weights}"
-    write_index(args.results, done, {d: backs[d] is not None for d in inputs}, made_by)
+    if not finish(args, done, backs):
+        fail("test.py: error: nothing could be translated (see the skipped files above)")
     print(f"results in {args.results} ({os.path.join(args.results, 'index.html')})")
 
 

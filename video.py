@@ -146,9 +146,11 @@ class VideoReader:
         if len(entries) and entries[-1].pos + entries[-1].size > os.path.getsize(self.path):
             raise VideoError("truncated (its index lists frames past the end of the file)")
         self.time_base = self.stream.time_base or Fraction(1, 90000)
-        self.rate = self.stream.average_rate or self.stream.guessed_rate or Fraction(30)
+        # The guessed rate, as FFmpeg's own tools use: a variable-rate mkv's average rate can be
+        # its time base (1000/s).
+        self.rate = self.stream.guessed_rate or self.stream.average_rate or Fraction(30)
         self.seconds = _stated_seconds(self.stream, self.time_base)
-        self.decoded, self.count, self.last = self.container.decode(self.stream), 0, None
+        self.decoded, self.count, self.last, self.last_duration = self.container.decode(self.stream), 0, None, None
         self.first = self._next()
         if self.first is None:
             raise VideoError("no video frames")
@@ -184,7 +186,8 @@ class VideoReader:
         error: only its stated frame count or duration tells."""
         if self.count < self.stream.frames:
             raise VideoError(f"truncated (only {self.count} of its {self.stream.frames} frames could be read)")
-        end = (self.last - (self.stream.start_time or 0)) * self.time_base + 1 / self.rate
+        shown = self.last_duration * self.time_base if self.last_duration else 1 / self.rate
+        end = (self.last - (self.stream.start_time or 0)) * self.time_base + shown
         if self.seconds and end < self.seconds - max(2 / self.rate, self.seconds / 50):
             raise VideoError(f"truncated (its frames end at {float(end):.2f} s of its {float(self.seconds):.2f} s)")
 
@@ -196,6 +199,7 @@ class VideoReader:
         if frame is None:
             return None
         self.last = _time_stamp(frame, self.last, self.time_base, self.rate)
+        self.last_duration = getattr(frame, "duration", None)
         self.count += 1
         return upright(frame), self.last
 
@@ -282,7 +286,7 @@ class AudioCopy:
         av = import_av()
         self.input = av.open(path)
         stream = self.input.streams.audio[0]
-        self.transcode = stream.codec_context.name not in MP4_AUDIO
+        self.transcode = stream.codec_context.codec.canonical_name not in MP4_AUDIO  # .name says "mp3float"
         if self.transcode:
             # An .avi's audio comes as "2 channels", which the AAC encoder refuses: stereo.
             layout = {1: "mono", 2: "stereo"}.get(len(stream.layout.channels), stream.layout)

@@ -178,6 +178,28 @@ def test_pcm_audio_of_a_mov_becomes_aac_of_the_same_length(tmp_path, generator):
     assert abs(samples / 44100 - 1.0) < 0.05
 
 
+def test_mp3_audio_is_copied_as_it_is(tmp_path, generator):
+    clip = write_video(tmp_path / "clip.mp4", n=24, audio=("libmp3lame", 44100))
+    assert translate_video(clip, generator, tmp_path / "out").returncode == 0
+    assert stream_facts(tmp_path / "out" / "A2B" / "clip.mp4")["audio"] == [stream_facts(clip)["audio"][0]]
+
+
+def test_an_mkv_whose_last_frame_is_held_is_complete_not_truncated(tmp_path, generator):
+    source = write_video(tmp_path / "source.mp4", n=10, rate=30)
+    held = tmp_path / "held.mkv"
+    with av.open(source) as inp, av.open(str(held), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        packets = [p for p in inp.demux(video=0) if p.dts is not None]
+        last = max(packets, key=lambda p: p.pts)
+        last.duration = int(0.7 / last.time_base)  # shown for 0.7 s: the mkv lasts 1 s
+        for packet in packets:
+            packet.stream = stream
+            out.mux(packet)
+    result = translate_video(str(held), generator, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert len(decoded_frames(tmp_path / "out" / "A2B" / "held.mp4")) == 10
+
+
 @pytest.mark.parametrize("container,codec,pix_fmt,audio", [
     ("webm", "libvpx-vp9", "yuv420p", ("libopus", 48000)),
     ("mkv", "libx264", "yuv420p", ("aac", 44100)),
@@ -241,7 +263,7 @@ VIDEO_STATES = """return Array.from(document.querySelectorAll('video')).map(v =>
 
 
 def test_the_results_page_plays_the_input_and_the_translation_in_a_browser(tmp_path, generator, browser):
-    clip = write_video(tmp_path / "clip.mp4", n=24, size=(128, 96), audio=("aac", 44100))
+    clip = write_video(tmp_path / "it's #1 at 50%.mp4", n=24, size=(128, 96), audio=("aac", 44100))
     assert translate_video(clip, generator, tmp_path / "out", "--side_by_side").returncode == 0
     browser.get((tmp_path / "out" / "index.html").as_uri())
     deadline = time.time() + 30
@@ -249,7 +271,7 @@ def test_the_results_page_plays_the_input_and_the_translation_in_a_browser(tmp_p
         time.sleep(0.2)  # readyState 1: the browser has read the video's size and duration
     states = browser.execute_script(VIDEO_STATES)
     assert [(src, width, height, error) for src, _, _, width, height, error in states] == [
-        ("real_A/clip.mp4", 128, 96, None), ("A2B/clip.mp4", 256, 96, None)]
+        ("real_A/it%27s%20%231%20at%2050%25.mp4", 128, 96, None), ("A2B/it%27s%20%231%20at%2050%25.mp4", 256, 96, None)]
     assert all(abs(duration - 1.0) < 0.1 for _, _, duration, *_ in states), states
 
 
@@ -337,9 +359,44 @@ def test_interrupting_a_video_leaves_no_partial_file(tmp_path, generator, monkey
     monkeypatch.setattr(test_py, "translate", interrupted_on_the_third_batch)
     clip = write_video(tmp_path / "clip.mp4", n=12, audio=("aac", 44100))
     result = translate_video(clip, generator, tmp_path / "out")
-    assert result.returncode == 130 and "interrupted" in result.stderr
+    assert result.returncode == 130 and "test.py: interrupted; nothing was translated" in result.stderr
     assert len(calls) == 3
-    assert not [f for _, _, files in os.walk(tmp_path / "out") for f in files]
+    assert not (tmp_path / "out").exists()  # nor the folders made for it
+
+
+def test_interrupting_a_folder_keeps_what_was_finished_and_its_page(tmp_path, generator, monkeypatch):
+    test_py = load_script("test.py")
+    real_translate = test_py.translate
+
+    def interrupted_on_a_video_frame(G, images):
+        if images.shape[-2:] == (48, 64):  # the video's frames; the photo is 40x40
+            raise KeyboardInterrupt
+        return real_translate(G, images)
+
+    monkeypatch.setattr(test_py, "translate", interrupted_on_a_video_frame)
+    folder = tmp_path / "mine"
+    write_image(str(folder / "photo.png"))
+    write_video(folder / "clip.mp4", n=4)
+    result = run_script("test.py", "--input", folder, "--weights", generator, "--device", "cpu", "--workers", "0")
+    assert result.returncode == 130
+    assert f"the files translated so far (1) are in {tmp_path / 'results_mine'}" in result.stderr
+    assert os.listdir(tmp_path / "results_mine" / "A2B") == ["photo.png"]
+    assert "src='A2B/photo.png'" in (tmp_path / "results_mine" / "index.html").read_text()
+
+
+def test_sigterm_mid_video_exits_143_and_leaves_no_partial_file(tmp_path, generator):
+    clip = write_video(tmp_path / "long.mp4", n=400, size=(256, 256))
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "test.py"), "--input", clip, "--weights", generator,
+                                "--results", str(out), "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "A2B" / "long.mp4.part").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.terminate()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "test.py: interrupted; nothing was translated" in stderr
+    assert not out.exists()
 
 
 def test_without_pyav_a_video_is_one_line_saying_what_to_install_and_images_still_work(tmp_path, generator):
