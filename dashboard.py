@@ -104,7 +104,8 @@ class Dashboard:
                 self.warned = True
             return False
         if self.warned:
-            _warn(f"visdom answers again at {self.server}:{self.port}; plots rebuilt from losses.csv")
+            again = " again" if self.announced else ""  # announced: it answered before
+            _warn(f"visdom answers{again} at {self.server}:{self.port}; plots rebuilt from losses.csv")
             self.warned = False
         if not self.announced:
             tqdm.write(f"visdom: this run's plots are at {self.address}")

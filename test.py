@@ -72,7 +72,7 @@ def build_parser():
     p.add_argument("--side_by_side", action="store_true",
                    help="videos: each frame of the translated video shows the input on the left and its "
                    "translation on the right, as demonstrations show them")
-    add_amp_argument(p)
+    add_amp_argument(p, training=False)
     add_workers_argument(p, "image-loading")
     return p
 

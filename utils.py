@@ -136,11 +136,14 @@ def pick_device(name):
     return device
 
 
-def add_amp_argument(parser):
+def add_amp_argument(parser, training=True):
+    what = ("mixed precision: bf16 autocast where the device supports it, else fp16 (training then scales "
+            "gradients); losses stay fp32" if training else
+            "the generator in mixed precision: bf16 autocast where the device supports it, else fp16")
     parser.add_argument("--amp", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
-                        help="mixed precision: bf16 autocast where the device supports it, else fp16 (training "
-                        "then scales gradients); losses stay fp32. auto (the default) is on for CUDA GPUs with "
-                        "bf16 and off elsewhere; --amp alone means on (see docs/benchmarks.md)")
+                        help=f"{what}. auto "
+                        "(the default) is on for CUDA GPUs with bf16 and off elsewhere; --amp alone means on (see "
+                        "docs/benchmarks.md)")
 
 
 def use_amp(choice, device):
