@@ -239,7 +239,7 @@ class VideoWriter:
 
     def __init__(self, path, source, width, height):
         av = import_av()
-        self.path, self.part, self.time_base = path, path + ".part", source.time_base
+        self.path, self.part, self.time_base, self.frame_type = path, path + ".part", source.time_base, av.VideoFrame
         self.output = av.open(self.part, "w", format="mp4", options={"movflags": "+faststart"})
         self.video = self.output.add_stream("libx264", rate=source.rate, options={"crf": CRF})
         self.video.width, self.video.height = width, height
@@ -255,8 +255,7 @@ class VideoWriter:
 
     def write(self, image, time_stamp):
         """Encode one 3xHxW uint8 tensor, and the audio up to its time."""
-        import av
-        frame = av.VideoFrame.from_ndarray(image.permute(1, 2, 0).contiguous().numpy(), format="rgb24")
+        frame = self.frame_type.from_ndarray(image.permute(1, 2, 0).contiguous().numpy(), format="rgb24")
         frame.pts, frame.time_base = time_stamp, self.time_base
         self.output.mux(self.video.encode(frame))
         if self.audio:

@@ -86,7 +86,8 @@ def stream_facts(path):
         video = container.streams.video[0]
         first = next(container.decode(video=0))
         return {"frames": video.frames, "rate": video.average_rate, "size": (first.width, first.height),
-                "rotation": first.rotation, "audio": [a.codec_context.name for a in container.streams.audio]}
+                "rotation": first.rotation, "audio": [a.codec_context.name for a in container.streams.audio],
+                "codec": video.codec_context.name, "format": container.format.name}
 
 
 def smooth_generator():
@@ -186,16 +187,8 @@ def test_mp3_audio_is_copied_as_it_is(tmp_path, generator):
 
 def test_an_mkv_whose_last_frame_is_held_is_complete_not_truncated(tmp_path, generator):
     source = write_video(tmp_path / "source.mp4", n=10, rate=30)
-    held = tmp_path / "held.mkv"
-    with av.open(source) as inp, av.open(str(held), "w") as out:
-        stream = out.add_stream_from_template(inp.streams.video[0])
-        packets = [p for p in inp.demux(video=0) if p.dts is not None]
-        last = max(packets, key=lambda p: p.pts)
-        last.duration = int(0.7 / last.time_base)  # shown for 0.7 s: the mkv lasts 1 s
-        for packet in packets:
-            packet.stream = stream
-            out.mux(packet)
-    result = translate_video(str(held), generator, tmp_path / "out")
+    held = remux(source, tmp_path / "held.mkv", last_frame_seconds=0.7)  # 9 frames of 1/30 s, then 0.7 s: 1 s
+    result = translate_video(held, generator, tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert len(decoded_frames(tmp_path / "out" / "A2B" / "held.mp4")) == 10
 
@@ -209,6 +202,7 @@ def test_webm_mkv_and_avi_inputs_become_mp4(tmp_path, generator, container, code
     clip = write_video(tmp_path / f"clip.{container}", n=10, codec=codec, pix_fmt=pix_fmt, audio=audio)
     assert translate_video(clip, generator, tmp_path / "out").returncode == 0
     facts = stream_facts(tmp_path / "out" / "A2B" / "clip.mp4")
+    assert "mp4" in facts["format"] and facts["codec"] == "h264"
     assert facts["frames"] == 10 and facts["size"] == (64, 48) and len(facts["audio"]) == 1
 
 
@@ -292,15 +286,24 @@ def cut(path, fraction=0.6):
     return path
 
 
+def remux(source, target, options=None, last_frame_seconds=None):
+    """The video stream of `source` copied into `target` (its container from the name), with
+    muxer `options`; `last_frame_seconds` sets how long the last frame is shown."""
+    with av.open(str(source)) as inp, av.open(str(target), "w", options=options or {}) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        packets = [p for p in inp.demux(video=0) if p.dts is not None]
+        if last_frame_seconds:
+            last = max(packets, key=lambda p: p.pts)
+            last.duration = int(last_frame_seconds / last.time_base)
+        for packet in packets:
+            packet.stream = stream
+            out.mux(packet)
+    return str(target)
+
+
 def remux_faststart(source, target):
     """The same video with its index at the front, as phones and web downloads have it."""
-    with av.open(str(source)) as inp, av.open(str(target), "w", options={"movflags": "+faststart"}) as out:
-        stream = out.add_stream_from_template(inp.streams.video[0])
-        for packet in inp.demux(video=0):
-            if packet.dts is not None:
-                packet.stream = stream
-                out.mux(packet)
-    return str(target)
+    return remux(source, target, {"movflags": "+faststart"})
 
 
 def garbage(path):
