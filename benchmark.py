@@ -26,7 +26,7 @@ from models import translate
 from train import MIN_SIZE, CycleGAN
 from utils import (ArgumentParser, UserError, add_amp_argument, add_device_argument, default_load_size, fail,
                    pick_device, require, use_amp)
-from video import VideoError, VideoReader, translate_frames
+from video import VideoError, VideoReader, check_video, translate_frames
 
 
 def build_parser():
@@ -98,6 +98,8 @@ def run(args):
     require(args, 1, "ngf", "ndf", "n_blocks", "video_runs")
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise UserError(f"--json {args.json}: no such folder")
+    if args.video and (reason := check_video(args.video)):  # before minutes of training benchmarks
+        raise UserError(f"--video {args.video}: {reason}")
     device = pick_device(args.device)
     torch.backends.cudnn.benchmark = True  # as train.py: one input size throughout
     model = CycleGAN(device=device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks,

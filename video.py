@@ -50,20 +50,23 @@ def translate_frames(video, generate, real_path, fake_path, batch_size, *, side_
     width = 2 * video.width if side_by_side else video.width
     decoded = in_background(video.frames(), 2 * batch_size)
     # closing(decoded) stops the decoding thread on any way out, before the caller closes the file.
-    with (contextlib.closing(decoded), VideoWriter(real_path, video, video.width, video.height) as real,
-          VideoWriter(fake_path, video, width, video.height) as fake, ThreadPoolExecutor(max_workers=1) as encoder):
-        pending = collections.deque()
-        for frames, stamps in same_size_batches(decoded, batch_size):
-            fakes = ((generate(frames.float() / 127.5 - 1) + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
-            if side_by_side:
-                fakes = torch.cat([frames, fakes], -1)
-            pending.append(encoder.submit(_encode, real, fake, frames, fakes, stamps))
-            if len(pending) > 2:  # the encoder is behind: wait, rather than hold more frames
-                pending.popleft().result()
-            if progress:
-                progress(len(stamps))
-        for job in pending:
-            job.result()
+    try:
+        with (contextlib.closing(decoded), VideoWriter(real_path, video, video.width, video.height) as real,
+              VideoWriter(fake_path, video, width, video.height) as fake, ThreadPoolExecutor(max_workers=1) as encoder):
+            pending = collections.deque()
+            for frames, stamps in same_size_batches(decoded, batch_size):
+                fakes = ((generate(frames.float() / 127.5 - 1) + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
+                if side_by_side:
+                    fakes = torch.cat([frames, fakes], -1)
+                pending.append(encoder.submit(_encode, real, fake, frames, fakes, stamps))
+                if len(pending) > 2:  # the encoder is behind: wait, rather than hold more frames
+                    pending.popleft().result()
+                if progress:
+                    progress(len(stamps))
+            for job in pending:
+                job.result()
+    except video.error as e:  # FFmpeg refusing to encode or mux, say this file's audio
+        raise VideoError(f"cannot write its translation ({_reason(e)})")
 
 
 def _encode(real, fake, frames, fakes, stamps):

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import ROOT, TINY, load_script, run_script
+from conftest import ROOT, TINY, assert_user_error, load_script, run_script
 from train import CycleGAN
 
 SMALL = dict(device="cpu", ngf=8, ndf=8, n_blocks=2, pool_size=0)
@@ -139,6 +139,17 @@ def test_benchmark_flop_count_matches_the_generator_convolutions():
     from models import Generator
     counted = benchmark.count_flops(lambda: Generator()(torch.zeros(1, 3, 256, 256)))
     assert counted == expected
+
+
+def test_benchmark_refuses_an_unreadable_video_before_timing_anything(tmp_path, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the networks were built before the video was checked")
+
+    monkeypatch.setattr(load_script("benchmark.py"), "CycleGAN", no_model)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    result = run_script("benchmark.py", "--size", "32", "--device", "cpu", "--video", broken)
+    assert_user_error(result, f"--video {broken}: not a readable video")
 
 
 def test_benchmark_rejects_a_size_that_is_not_a_multiple_of_4():

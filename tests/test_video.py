@@ -350,6 +350,21 @@ def test_a_bad_video_is_one_line_naming_it_and_leaves_no_output(tmp_path, genera
     assert not [f for _, _, files in os.walk(tmp_path / "out") for f in files]
 
 
+def test_ffmpeg_refusing_to_write_is_one_line_naming_the_video_and_leaves_no_output(tmp_path, generator,
+                                                                                    monkeypatch):
+    import video
+
+    def refused(self, image, time_stamp):
+        raise av.error.ArgumentError(22, "Invalid argument")
+
+    monkeypatch.setattr(video.VideoWriter, "write", refused)
+    clip = write_video(tmp_path / "clip.mp4", n=3)
+    result = translate_video(clip, generator, tmp_path / "out")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"test.py: error: {clip}: cannot write its translation (Invalid argument)"
+    assert not (tmp_path / "out").exists()
+
+
 def test_interrupting_a_video_leaves_no_partial_file(tmp_path, generator, monkeypatch):
     test_py, calls = load_script("test.py"), []
 
