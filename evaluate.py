@@ -134,9 +134,10 @@ def torchscript_weights(path):
     layers = {name: tuple(module.conv.weight.shape) for name, module in fid_layout().named_modules()
               if isinstance(module, torchvision.models.inception.BasicConv2d)}
     shapes = [tuple(source[f"{p}.weight"].shape) for p in prefixes]
-    if shapes != list(layers.values()) or not all(f"{p}.{t}" in source for p in prefixes for t in ("beta", "mean", "var")):
-        raise UserError(f"--inception {path}: a TorchScript, but not the FID InceptionV3 "
-                        f"({len(prefixes)} layers where pytorch-fid's has {len(layers)} of other shapes)")
+    batch_norms = all(f"{p}.{t}" in source for p in prefixes for t in ("beta", "mean", "var"))
+    if shapes != list(layers.values()) or not batch_norms:
+        raise UserError(f"--inception {path}: a TorchScript, but not the FID InceptionV3 (its {len(prefixes)} "
+                        f"convolutions do not match the {len(layers)} of pytorch-fid's)")
     weights = {"fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)}  # unused: pool3 comes before
     for name, p in zip(layers, prefixes):
         beta = source[f"{p}.beta"]
