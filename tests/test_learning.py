@@ -18,6 +18,11 @@ from PIL import Image
 from conftest import TINY, run_script, save_generator
 
 TEXTURE = 40  # the checkerboard's amplitude, in 0-255 steps
+# The thresholds lie between what was measured on a 2-core CPU: over seven runs (seeds 0-4 in
+# fp32, 0-1 in bf16) B2A reached 0.72-1.0 of domain A's texture and A2B kept 0.16-0.20 of it,
+# with cycle errors (A, B) of at most 0.12 and 0.05; with a sabotaged GAN, B2A reached at most
+# 0.57 of it; without the cycle loss the error of the way back to A was 0.24; untrained, 0.19.
+ADDED, KEPT, RETURN_A, RETURN_B = 0.64, 0.3, 0.15, 0.065
 
 
 def picture(rng, textured, size=32):
@@ -94,20 +99,20 @@ def learned(tmp_path_factory):
 
 def test_translating_B_to_A_adds_the_texture_of_A(learned):
     texture_A, trained, _ = learned
-    assert trained["B2A"] > 0.68 * texture_A, trained
+    assert trained["B2A"] > ADDED * texture_A, trained
 
 
 def test_translating_A_to_B_removes_the_texture(learned):
     texture_A, trained, _ = learned
-    assert trained["A2B"] < 0.3 * texture_A, trained
+    assert trained["A2B"] < KEPT * texture_A, trained
 
 
 def test_the_cycle_returns_to_the_input(learned):
     _, trained, _ = learned
-    assert trained["rec_A"] < 0.15 and trained["rec_B"] < 0.065, trained
+    assert trained["rec_A"] < RETURN_A and trained["rec_B"] < RETURN_B, trained
 
 
 def test_the_untrained_generators_pass_none_of_these_checks(learned):
     texture_A, _, untrained = learned
-    assert untrained["B2A"] < 0.68 * texture_A and untrained["A2B"] > 0.3 * texture_A, untrained
-    assert untrained["rec_A"] > 0.15 and untrained["rec_B"] > 0.065, untrained
+    assert untrained["B2A"] < ADDED * texture_A and untrained["A2B"] > KEPT * texture_A, untrained
+    assert untrained["rec_A"] > RETURN_A and untrained["rec_B"] > RETURN_B, untrained
