@@ -252,6 +252,17 @@ def test_eval_every_without_inception_weights_stops_before_training(tmp_path):
     assert not (tmp_path / "run" / "checkpoint.pth").exists()
 
 
+def test_eval_every_with_a_file_that_is_not_inception_weights_is_one_line_before_training(tmp_path):
+    from conftest import TINY
+    data = make_dataset(tmp_path / "data")
+    text = tmp_path / "pt_inception.pth"
+    text.write_text("<html>404 Not Found</html>")
+    result = run_script("train.py", "--dataroot", data, "--output", tmp_path / "run", *TINY, "--eval_every", "1",
+                        "--inception", text)
+    assert_user_error(result, f"--inception {text}: is not pytorch-fid's Inception weights")
+    assert not (tmp_path / "run" / "checkpoint.pth").exists()
+
+
 def test_evaluate_translates_in_fp32_whatever_the_device(monkeypatch, tmp_path):
     evaluate = load_script("evaluate.py")
     commands = []
