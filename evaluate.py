@@ -244,6 +244,16 @@ def translate(args):
     return results
 
 
+def check_folders(args):
+    """The folders this run reads, before the Inception weights (perhaps a download) and the
+    translation take their time."""
+    option, folder = ("--weights", args.weights) if args.weights else ("--results", args.results)
+    if not os.path.isdir(folder):
+        raise UserError(f"{option} {folder}: no such folder")
+    for domain in "AB":
+        domain_dir(args.dataroot, "test", domain)
+
+
 def print_table(report):
     print(f"{'direction':<10}{'FID':>10}{'KID x 1000':>16}{'cycle L1':>10}{'images':>12}")
     for direction in DIRECTIONS:
@@ -260,11 +270,10 @@ def main(argv=None):
     try:
         require(args, 2, "kid_subset_size")
         require(args, 1, "kid_subsets", "batch_size")
+        check_folders(args)
         device = pick_device(args.device)
         model = inception_network(args.inception, device, args.dims)
         results = translate(args) if args.weights else args.results
-        if not os.path.isdir(results):
-            raise UserError(f"--results {results}: no such folder")
         report = evaluate(args.dataroot, results, model, device, args)
         path = args.json or os.path.join(args.weights or results, "metrics.json")
         with open(path, "w") as f:

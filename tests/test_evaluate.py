@@ -220,6 +220,16 @@ def test_without_inception_weights_or_network_one_line_says_what_to_do(trained, 
     assert "--inception PATH" in result.stderr
 
 
+@pytest.mark.parametrize("option", ["--weights", "--results"])
+def test_a_missing_folder_is_named_before_the_inception_weights_are_fetched(trained, tmp_path, monkeypatch, option):
+    from pytorch_fid import inception as fid
+    monkeypatch.setattr(fid, "FID_WEIGHTS_URL", f"http://127.0.0.1:{free_port()}/pt_inception-2015-12-05-6726825d.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    data, _ = trained
+    result = run_script("evaluate.py", "--dataroot", data, option, tmp_path / "nonexistent", "--device", "cpu")
+    assert_user_error(result, f"{option} {tmp_path / 'nonexistent'}: no such folder")
+
+
 def test_an_inception_file_that_is_not_there_is_a_user_error(trained):
     data, weights = trained
     result = run_script("evaluate.py", "--dataroot", data, "--weights", weights, "--inception", "nope.pth")
