@@ -68,7 +68,7 @@ def _add_data_and_schedule_options(p):
     p.add_argument("--n_epochs", type=int, default=200, help="total number of epochs (default: 200)")
     p.add_argument("--decay_epoch", type=int,
                    help="epochs at the full learning rate before it falls linearly towards zero at --n_epochs "
-                   "(default: half of --n_epochs, i.e. 100)")
+                   "(default: half of --n_epochs and at least 1, i.e. 100; a 1-epoch trial runs at the full rate)")
     p.add_argument("--batch_size", type=int, default=1, help="images per domain per step (default: 1, as in the paper)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate, betas 0.5/0.999 (default: 2e-4)")
     p.add_argument("--size", type=int, default=256, help="training crop size, a multiple of 4 (default: 256)")
@@ -150,7 +150,8 @@ def parse_args(argv=None):
     if args.load_size is None:
         args.load_size = default_load_size(args.size)
     if args.decay_epoch is None:
-        args.decay_epoch = args.n_epochs // 2
+        # At least 1: with 0, the authors' rule would halve the rate of a 1-epoch trial throughout.
+        args.decay_epoch = max(1, args.n_epochs // 2)
     try:
         check_args(args)
     except UserError as e:

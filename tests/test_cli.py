@@ -71,6 +71,14 @@ def test_inputs_sharing_a_stem_keep_their_extension_in_the_output_name():
     assert names == ["a_jpg", "a_png", "b"]
 
 
+@pytest.mark.parametrize("n_epochs, decay_epoch", [(1, 1), (2, 1), (3, 1), (200, 100)])
+def test_decay_starts_after_half_the_epochs_and_never_before_the_first_ends(n_epochs, decay_epoch):
+    from utils import linear_decay
+    args, _ = load_script("train.py").parse_args(["--dataroot", "d", "--n_epochs", str(n_epochs)])
+    assert args.decay_epoch == decay_epoch
+    assert linear_decay(0, args.n_epochs, args.decay_epoch) == 1  # a 1-epoch trial trains at --lr
+
+
 def test_resume_with_fewer_epochs_than_the_saved_decay_says_where_the_value_came_from(dataset, tmp_path):
     out = str(tmp_path / "run")
     assert train(dataset, out, "--n_epochs", "4").returncode == 0
@@ -302,7 +310,7 @@ def test_visdom_gets_a_plot_per_loss_and_the_six_image_panel(dataset, tmp_path, 
         traces = windows[name]["content"]["data"]
         assert [t["name"] for t in traces] == [name, f"{name} (smoothed)"]
         assert traces[0]["x"] == traces[1]["x"] == [2, 4, 6]
-    assert windows["lr"]["content"]["data"][0]["y"] == [1e-4] * 3  # 1 epoch, decaying from the start: lr/2
+    assert windows["lr"]["content"]["data"][0]["y"] == [2e-4] * 3  # a 1-epoch run at the full rate
     assert windows["images"]["type"] == "image"
     assert windows["images"]["title"] == "real_A | fake_B | rec_A | real_B | fake_A | rec_B"
     assert windows["options"]["type"] == "text"
