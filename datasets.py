@@ -18,17 +18,19 @@ from utils import UserError, describe
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 IMAGES = f"images ({', '.join(IMG_EXTENSIONS)})"
-LAYOUT = "DIR/trainA, DIR/trainB, DIR/testA, DIR/testB (or DIR/train/A, DIR/train/B, ...)"
+def layout(split):
+    """The folders one split needs, for messages: training reads train*, translation test*."""
+    return f"DIR/{split}A and DIR/{split}B (or DIR/{split}/A and DIR/{split}/B)"
 
 
 def domain_dir(dataroot, split, domain):
     """The folder of one domain ('A' or 'B') of one split ('train' or 'test')."""
     if not os.path.isdir(dataroot):
-        raise UserError(f"--dataroot {dataroot}: no such folder; expected {LAYOUT}")
+        raise UserError(f"--dataroot {dataroot}: no such folder; expected {layout(split)}")
     for candidate in (os.path.join(dataroot, split + domain), os.path.join(dataroot, split, domain)):
         if os.path.isdir(candidate):
             return candidate
-    raise UserError(f"{dataroot}: no folder {split}{domain} (or {split}/{domain}); expected {LAYOUT}")
+    raise UserError(f"{dataroot}: no folder {split}{domain} (or {split}/{domain}); expected {layout(split)}")
 
 
 def list_images(folder, check=None, what=IMAGES):

@@ -188,7 +188,7 @@ def test_missing_dataroot_is_a_user_error_from_the_real_command_line(tmp_path):
 
 def test_missing_domain_is_a_user_error_naming_the_layout(tmp_path):
     data = make_dataset(tmp_path / "data", {"trainA": 2})
-    assert_user_error(train(data, str(tmp_path / "run")), "trainB", "DIR/trainA, DIR/trainB")
+    assert_user_error(train(data, str(tmp_path / "run")), "trainB", "expected DIR/trainA and DIR/trainB")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

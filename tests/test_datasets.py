@@ -24,8 +24,14 @@ def test_missing_dataroot_names_the_folder(tmp_path):
 
 def test_missing_domain_folder_names_it_and_the_expected_layout(tmp_path):
     write_image(str(tmp_path / "trainA" / "x.png"))
-    with pytest.raises(UserError, match=r"no folder trainB .*DIR/trainA, DIR/trainB"):
+    with pytest.raises(UserError, match=r"no folder trainB .*expected DIR/trainA and DIR/trainB"):
         domain_dir(str(tmp_path), "train", "B")
+
+
+def test_translation_asks_only_for_the_test_folders(tmp_path):
+    with pytest.raises(UserError) as missing:
+        domain_dir(str(tmp_path), "test", "A")
+    assert "expected DIR/testA and DIR/testB" in str(missing.value) and "train" not in str(missing.value)
 
 
 def test_folder_without_images_is_an_error_naming_it(tmp_path):
