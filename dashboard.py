@@ -105,7 +105,7 @@ class Dashboard:
             return False
         if self.warned:
             again = " again" if self.announced else ""  # announced: it answered before
-            _warn(f"visdom answers{again} at {self.server}:{self.port}; plots rebuilt from losses.csv")
+            tqdm.write(f"visdom: answers{again} at {self.server}:{self.port}; plots rebuilt from losses.csv")
             self.warned = False
         if not self.announced:
             tqdm.write(f"visdom: this run's plots are at {self.address}")

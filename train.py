@@ -649,6 +649,10 @@ def train_epoch(run, bar, at, stop):
             at.seconds = record.seconds()
             save_run(model, args, launch, at)
         if stopping:
+            # tqdm's count lags the batches it has handed out until it prints; close the bar at the
+            # batch just saved, so that it and the message below say the same.
+            bar.n = at.pairs // (args.batch_size * launch.world_size)
+            bar.close()
             signum = stop.received or signal.SIGTERM  # another process was signalled
             raise Interrupted(f"train.py: {signum.name}: saved iteration {at.iteration} in {args.output}; "
                               "continue with --resume", 128 + signum)

@@ -57,9 +57,10 @@ def test_a_server_started_after_training_gets_the_whole_history(tmp_path, fast_r
         assert plotted(port, "lr") == [[1, 2, 3]]
     finally:
         stop(server)
-    stderr = capsys.readouterr().err
-    assert stderr.count("no visdom server answers") == 1
-    assert "visdom answers at" in stderr and "again" not in stderr  # it had never answered
+    printed = capsys.readouterr()
+    assert printed.err.count("no visdom server answers") == 1
+    assert "visdom: answers at" in printed.out and "again" not in printed.out  # it had never answered
+    assert "visdom: answers" not in printed.err and "warning: visdom answers" not in printed.err
 
 
 
@@ -96,8 +97,8 @@ def test_a_server_that_restarts_mid_run_gets_the_whole_history_again(tmp_path, f
         assert plotted(port) == [[1, 2, 3], [1, 2, 3]]
     finally:
         stop(server)
-    stderr = capsys.readouterr().err
-    assert "visdom stopped answering" in stderr and "visdom answers again at" in stderr
+    printed = capsys.readouterr()
+    assert "visdom stopped answering" in printed.err and "visdom: answers again at" in printed.out
 
 
 def test_a_server_that_never_answers_does_not_slow_training(fast_retries):

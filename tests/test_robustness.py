@@ -218,6 +218,8 @@ def test_sigint_and_sigterm_save_the_current_iteration_then_exit_cleanly(uninter
     checkpoint = torch.load(output / "checkpoint.pth", weights_only=True)
     logged = int(log.read_text().splitlines()[-1].split(",")[0])
     assert checkpoint["iteration"] == logged >= 2  # saved where it stopped, not at a save interval
+    shown = re.findall(r"\| (\d+)/\d+ \[", stderr)[-1]  # the progress bar's last count in the epoch
+    assert int(shown) == checkpoint["position"] and f"saved iteration {checkpoint['iteration']} " in stderr
     assert_resumes_to(data, output, reference)
 
 
