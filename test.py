@@ -198,6 +198,11 @@ def build_generator(path, state, ngf, n_blocks, device):
     n_blocks = found[1] if n_blocks is None else n_blocks
     G = Generator(ngf=ngf, n_blocks=n_blocks)
     problem = _first_mismatch(G.state_dict(), state)
+    layout = other_layout(state)
+    if problem and layout:
+        raise UserError(f"{path}: holds a generator in another layout ({'; '.join(layout)}); test.py reads the "
+                        "authors' layout (residual blocks under model.N.conv_block, InstanceNorm without weights), "
+                        "which train.py writes")
     if problem:
         raise UserError(f"{path}: does not fit --ngf {ngf} --n_blocks {n_blocks}; it holds a generator for "
                         f"--ngf {found[0]} --n_blocks {found[1]} ({problem})")
@@ -211,6 +216,20 @@ def architecture(state):
         return state["model.1.weight"].shape[0], sum(k.endswith("conv_block.1.weight") for k in state)
     except (KeyError, TypeError, AttributeError, IndexError):
         return None
+
+
+def other_layout(state):
+    """How a generator state_dict departs from the authors' layout, as other CycleGAN code
+    saves it: residual blocks named otherwise, or norm layers with weights of their own."""
+    parts = [key.split(".") for key in state]
+    blocks = sorted({".".join(p[:3]) for p in parts if len(p) == 5 and p[0] == "model" and p[2] != "conv_block"})
+    norms = [key for key in state if key.endswith(".weight") and getattr(state[key], "ndim", 0) == 1]
+    found = [f"residual blocks under {blocks[0]}"] if blocks else []
+    if any(key.endswith("running_mean") for key in state):
+        found.append("BatchNorm layers")
+    elif norms:
+        found.append(f"InstanceNorm with affine weights ({norms[0]})")
+    return found
 
 
 def _first_mismatch(expected, state):

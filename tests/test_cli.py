@@ -375,3 +375,64 @@ def test_sample_grids_label_each_image_and_enlarge_small_crops(tmp_path):
         label, tile = sheet[y:y + 16, x:x + 144], sheet[y + 16:y + 16 + 96, x:x + 144]
         assert (label < 128).sum() > 20, name  # dark text on the white band above the tile
         assert np.abs(tile - round((shades[name] * 0.5 + 0.5) * 255)).max() <= 1, name
+
+
+def other_implementations_generator(ngf, n_blocks, block_name, affine):
+    """A ResNet generator written as other CycleGAN code writes it (aitorzip/PyTorch-CycleGAN:
+    residual blocks' layers in `conv_block`, InstanceNorm without weights; others, such as the
+    one vintagify ships, name them `block` and give InstanceNorm affine weights)."""
+    from torch import nn
+
+    def norm(c):
+        return nn.InstanceNorm2d(c, affine=affine)
+
+    class Residual(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            setattr(self, block_name, nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), norm(c), nn.ReLU(True),
+                                                    nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), norm(c)))
+
+        def forward(self, x):
+            return x + getattr(self, block_name)(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layers = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), norm(ngf), nn.ReLU(True)]
+            for c in (ngf, 2 * ngf):
+                layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), norm(2 * c), nn.ReLU(True)]
+            layers += [Residual(4 * ngf) for _ in range(n_blocks)]
+            for c in (4 * ngf, 2 * ngf):
+                layers += [nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1), norm(c // 2),
+                           nn.ReLU(True)]
+            layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
+            self.model = nn.Sequential(*layers)
+
+        def forward(self, x):
+            return self.model(x)
+
+    return Net().eval()
+
+
+def test_a_generator_saved_by_aitorzips_pytorch_cyclegan_loads_unchanged_and_translates_alike(dataset, tmp_path):
+    from models import Generator
+    theirs = other_implementations_generator(8, 2, "conv_block", affine=False)
+    torch.save(theirs.state_dict(), tmp_path / "netG_A2B.pth")
+    result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights", tmp_path / "netG_A2B.pth",
+                        "--results", tmp_path / "res", "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    ours = Generator(ngf=8, n_blocks=2).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_a_generator_in_another_layout_says_how_it_differs(dataset, tmp_path):
+    other = other_implementations_generator(8, 2, "block", affine=True)
+    torch.save(other.state_dict(), tmp_path / "G_A2B_epoch33.pth")
+    result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights",
+                        tmp_path / "G_A2B_epoch33.pth", "--results", tmp_path / "res")
+    assert_user_error(result, "holds a generator in another layout (residual blocks under model.10.block; "
+                      "InstanceNorm with affine weights (model.2.weight))", "test.py reads the authors' layout")
+    assert "--n_blocks 0" not in result.stderr
