@@ -281,7 +281,7 @@ def run_direction(G, paths, results, direction, device, args, done, *, G_back=No
     names = dict(zip(paths, output_names(paths)))
     images = [p for p in paths if not is_video(p)]
     run_images(G, images, [names[p] for p in images], results, direction, device, args, done, G_back=G_back)
-    translator = Translator(G, None, device, use_amp(args.amp, device))
+    translator = Translator(G, None, device, use_amp(args.amp, device, training=False))
     for path in filter(is_video, paths):
         try:
             done.append(run_video(translator, path, names[path], results, direction, args))
@@ -304,7 +304,7 @@ def run_images(G, paths, names, results, direction, device, args, done, *, G_bac
     loader = torch.utils.data.DataLoader(ImageFiles(paths), batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda")
     writes = []
-    translator = Translator(G, G_back, device, use_amp(args.amp, device))
+    translator = Translator(G, G_back, device, use_amp(args.amp, device, training=False))
     with ThreadPoolExecutor(max_workers=1) as writer, tqdm(desc=direction, total=len(paths)) as bar:
         for images, indices in same_size_batches(loader, args.batch_size):
             fakes, recs = translator(images, [names[i] for i in indices])
@@ -480,7 +480,8 @@ def main(argv=None):
     except RunFailure as e:
         fail(f"test.py: error: {e}", 1)
     report_skipped([entry for _, skipped in scans.values() for entry in skipped])
-    print(f"device {device} ({precision_name(amp_dtype(device) if use_amp(args.amp, device) else None)})")
+    amp = use_amp(args.amp, device, training=False)
+    print(f"device {device} ({precision_name(amp_dtype(device) if amp else None)})")
     done = {d: [] for d in inputs}
     try:
         with sigterm_as_interrupt():

@@ -34,7 +34,7 @@ from datasets import EpochSampler, UnalignedDataset, domain_dir, list_images
 from models import Discriminator, Generator
 from utils import (LOSS_NAMES, VISUAL_NAMES, ArgumentParser, ImagePool, LossLog, RunFailure, StopSignals, UserError,
                    add_amp_argument, add_device_argument, add_workers_argument, amp_dtype, atomic_save,
-                   atomic_write_text, default_load_size, default_output, describe, fail, ignore_stop_signals,
+                   atomic_write_text, cpu_bf16, default_load_size, default_output, describe, fail, ignore_stop_signals,
                    linear_decay, load_weights, pick_device, precision_name, report_skipped, require, run_sibling,
                    save_visuals, use_amp, visuals_grid)
 
@@ -659,6 +659,13 @@ def train_epoch(run, bar, at, stop):
     record.read(at, stop.received)  # before the epoch-end checkpoint
 
 
+def auto_bf16_note(args, device):
+    """Why --amp auto trains in bf16 on this CPU, for the start-up line."""
+    if args.amp != "auto" or device.type != "cpu" or not use_amp("auto", device):
+        return ""
+    return f", as --amp auto chooses on CPUs with {cpu_bf16()}; --amp off for fp32"
+
+
 def train(args, checkpoint, launch):
     """Every epoch from where the run stands to --n_epochs, each ending with a checkpoint
     and, every --eval_every epochs, an evaluation."""
@@ -676,7 +683,7 @@ def train(args, checkpoint, launch):
         processes = f", {launch.world_size} process(es) x batch {args.batch_size} = global batch {global_batch}"
         print(f"{len(paths_A)} A and {len(paths_B)} B images, {math.ceil(len(sampler) / args.batch_size)} iterations "
               f"per epoch{processes if launch.torchrun else ''}, device {launch.device} "
-              f"({precision_name(model.amp_dtype)}), output {args.output}")
+              f"({precision_name(model.amp_dtype)}{auto_bf16_note(args, launch.device)}), output {args.output}")
     with StopSignals(second_quits=not launch.torchrun) as stop, contextlib.closing(run.record):
         while at.epoch < args.n_epochs:
             sampler.set_epoch(at.epoch, start=at.pairs)

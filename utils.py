@@ -138,27 +138,42 @@ def pick_device(name):
 
 def add_amp_argument(parser, training=True):
     what = ("mixed precision: bf16 autocast where the device supports it, else fp16 (training then scales "
-            "gradients); losses stay fp32" if training else
-            "the generator in mixed precision: bf16 autocast where the device supports it, else fp16")
+            "gradients); losses stay fp32. auto (the default) is on where bf16 runs natively: CUDA GPUs with bf16 "
+            "tensor cores, CPUs with AMX or AVX512-BF16; off elsewhere" if training else
+            "the generator in mixed precision: bf16 autocast where the device supports it, else fp16. auto (the "
+            "default) is on for CUDA GPUs with bf16 tensor cores, off elsewhere (CPUs translate in fp32)")
     parser.add_argument("--amp", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
-                        help=f"{what}. auto "
-                        "(the default) is on for CUDA GPUs with bf16 and off elsewhere; --amp alone means on (see "
-                        "docs/benchmarks.md)")
+                        help=f"{what}; --amp alone means on (see docs/benchmarks.md)")
 
 
-def use_amp(choice, device):
-    """Resolve --amp auto|on|off for a device: auto is on only where bf16 runs natively on
-    a GPU; on CPUs without bf16 instructions autocast is several times slower."""
+def use_amp(choice, device, training=True):
+    """Resolve --amp auto|on|off for a device. auto is on where bf16 runs natively: GPUs with
+    bf16 tensor cores and, for training, CPUs with bf16 instructions, where bf16 tracked fp32's
+    losses and ran faster (docs/benchmarks.md); elsewhere bf16 is emulated and several times
+    slower. Translation on a CPU keeps fp32 under auto, as evaluate.py scores it."""
     if choice == "auto":
-        return native_bf16(device)
+        return native_bf16(device) and (training or device.type == "cuda")
     return choice == "on"
 
 
 def native_bf16(device):
-    """bf16 tensor cores: CUDA compute capability 8.0 (Ampere) or newer. Not
-    torch.cuda.is_bf16_supported(), which also counts emulation (T4, V100) and asks about
-    the current device rather than this one."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+    """bf16 in hardware: tensor cores of CUDA compute capability 8.0 (Ampere) or newer, or a CPU
+    with bf16 instructions (`cpu_bf16`). Not torch.cuda.is_bf16_supported(), which also counts
+    emulation (T4, V100) and asks about the current device rather than this one."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return device.type == "cpu" and cpu_bf16() is not None
+
+
+def cpu_bf16():
+    """This CPU's bf16 instructions as torch reports them: "AMX" (Intel Xeon since Sapphire
+    Rapids), "AVX512-BF16" (Intel Cooper Lake, AMD Zen 4 and later), or None, also where torch
+    is too old to say (torch.cpu.get_capabilities)."""
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+    capabilities = get_capabilities() if get_capabilities else {}
+    if capabilities.get("amx_bf16"):
+        return "AMX"
+    return "AVX512-BF16" if capabilities.get("avx512_bf16") else None
 
 
 def precision_name(dtype):

@@ -27,13 +27,40 @@ def test_bf16_amp_losses_track_fp32_to_bf16_precision():
         assert math.isfinite(amp[name])
 
 
-def test_amp_auto_is_off_on_a_cpu_and_the_bare_flag_means_on():
+def test_amp_defaults_to_auto_and_the_bare_flag_means_on():
     from utils import use_amp
     parse = load_script("train.py").build_parser().parse_args
     cpu = torch.device("cpu")
-    assert parse(["--dataroot", "d"]).amp == "auto" and not use_amp("auto", cpu)
+    assert parse(["--dataroot", "d"]).amp == "auto"
     assert parse(["--dataroot", "d", "--amp"]).amp == "on" and use_amp("on", cpu)
     assert parse(["--dataroot", "d", "--amp", "off"]).amp == "off" and not use_amp("off", cpu)
+
+
+@pytest.mark.parametrize("capabilities, instructions", [
+    ({}, None), ({"avx2": True, "avx512_f": True}, None), ({"avx512_bf16": True}, "AVX512-BF16"),
+    ({"avx512_bf16": True, "amx_bf16": True}, "AMX")])
+def test_amp_auto_trains_in_bf16_only_on_cpus_with_bf16_instructions(monkeypatch, capabilities, instructions):
+    from utils import cpu_bf16, use_amp
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    cpu = torch.device("cpu")
+    assert cpu_bf16() == instructions
+    assert use_amp("auto", cpu) is (instructions is not None)
+    assert not use_amp("auto", cpu, training=False)  # test.py translates in fp32 on a CPU
+
+
+def test_amp_auto_trains_in_fp32_with_a_torch_that_does_not_report_cpu_instructions(monkeypatch):
+    from utils import use_amp
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    assert not use_amp("auto", torch.device("cpu"))
+
+
+def test_training_says_that_amp_auto_chose_bf16_for_this_cpu(dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "run", *TINY, "--n_epochs", "1",
+                        "--amp", "auto")
+    assert result.returncode == 0, result.stderr
+    assert ("device cpu (bfloat16 autocast, as --amp auto chooses on CPUs with AVX512-BF16; --amp off for fp32)"
+            in result.stdout)
 
 
 
@@ -113,7 +140,8 @@ def test_compiled_networks_keep_the_authors_keys_and_compute_what_eager_ones_do(
 def test_benchmark_reports_medians_flops_memory_and_data_time_as_json(dataset, tmp_path):
     out = tmp_path / "bench.json"
     result = run_script("benchmark.py", "--size", "32", "--ngf", "4", "--ndf", "4", "--n_blocks", "1",
-                        "--device", "cpu", "--iters", "3", "--warmup", "1", "--json", out, "--dataroot", dataset)
+                        "--device", "cpu", "--iters", "3", "--warmup", "1", "--json", out, "--dataroot", dataset,
+                        "--amp", "off")
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     train = report["train_seconds_per_iteration"]
