@@ -15,6 +15,7 @@ SCRIPTS = ("train.py", "test.py", "evaluate.py", "benchmark.py")
 # Options the documents mention that belong to other tools, not to the four scripts.
 NOT_OURS = {
     "--index-url",  # pip install (the PyTorch CUDA 12.6 wheel index)
+    "--no-deps",  # pip download (the TorchScript Inception for FID offline)
     "--smoke",  # scripts/gpu_check.sh
     "--standalone", "--nproc_per_node", "--nnodes",  # torchrun
     "--rdzv_backend", "--rdzv_endpoint", "--rdzv_id",  # torchrun
