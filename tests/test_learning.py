@@ -13,9 +13,10 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from conftest import TINY, run_script, save_generator
+from conftest import TINY, load_script, run_script
 
 TEXTURE = 40  # the checkerboard's amplitude, in 0-255 steps
 # The thresholds lie between what was measured on a 2-core CPU: over seven runs (seeds 0-4 in
@@ -82,7 +83,8 @@ def translate(data, weights, results):
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory):
     """The texture of domain A's test pictures, and the scores of the generators after 60
-    epochs of 24 pairs (the last 30 with a decaying rate), and before any training."""
+    epochs of 24 pairs (the last 30 with a decaying rate), and of the same run's generators
+    before any training (seeded, so whatever ran before in this process does not matter)."""
     root = tmp_path_factory.mktemp("learning")
     data = make_domains(root / "data")
     result = run_script("train.py", "--dataroot", data, "--output", root / "run", *TINY, "--load_size", "32",
@@ -90,8 +92,9 @@ def learned(tmp_path_factory):
     assert result.returncode == 0, result.stderr
     untrained = root / "untrained"
     untrained.mkdir()
-    for name in ("netG_A2B.pth", "netG_B2A.pth"):
-        save_generator(untrained / name)
+    start = load_script("train.py").CycleGAN(ngf=8, ndf=8, n_blocks=2, seed=0)  # the run's weights at iteration 0
+    torch.save(start.G_A2B.state_dict(), untrained / "netG_A2B.pth")
+    torch.save(start.G_B2A.state_dict(), untrained / "netG_B2A.pth")
     texture_A = np.mean([texture(read(data / "testA" / n)) for n in os.listdir(data / "testA")])
     trained = translate(data, root / "run", root / "trained_results")
     return texture_A, trained, translate(data, untrained, root / "untrained_results")
