@@ -126,7 +126,7 @@ def torchscript_weights(path):
     (a batch norm without scale), layer by layer in pytorch-fid's order of BasicConv2d."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch 2.10+ calls TorchScript deprecated; it loads
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.15 calls TorchScript deprecated; it loads
             source = torch.jit.load(path, map_location="cpu").state_dict()
     except Exception as e:
         raise UserError(f"--inception {path}: a TorchScript file torch cannot load ({describe(e)})")
