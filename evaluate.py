@@ -103,7 +103,8 @@ def is_torchscript(path):
 
 def fid_layout():
     """pytorch-fid's FID InceptionV3 without weights, on the meta device: its modules in order
-    and the shapes of their tensors."""
+    and the shapes of their tensors. Built as pytorch-fid's fid_inception_v3 builds it, since that
+    function also loads (and so downloads) the weights."""
     from pytorch_fid import inception as fid
     with torch.device("meta"):
         net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)

@@ -659,9 +659,9 @@ def train_epoch(run, bar, at, stop):
     record.read(at, stop.received)  # before the epoch-end checkpoint
 
 
-def auto_bf16_note(args, device):
+def auto_bf16_note(args, device, amp_dtype):
     """Why --amp auto trains in bf16 on this CPU, for the start-up line."""
-    if args.amp != "auto" or device.type != "cpu" or not use_amp("auto", device):
+    if args.amp != "auto" or device.type != "cpu" or amp_dtype is None:
         return ""
     return f", as --amp auto chooses on CPUs with {cpu_bf16()}; --amp off for fp32"
 
@@ -683,7 +683,7 @@ def train(args, checkpoint, launch):
         processes = f", {launch.world_size} process(es) x batch {args.batch_size} = global batch {global_batch}"
         print(f"{len(paths_A)} A and {len(paths_B)} B images, {math.ceil(len(sampler) / args.batch_size)} iterations "
               f"per epoch{processes if launch.torchrun else ''}, device {launch.device} "
-              f"({precision_name(model.amp_dtype)}{auto_bf16_note(args, launch.device)}), output {args.output}")
+              f"({precision_name(model.amp_dtype)}{auto_bf16_note(args, launch.device, model.amp_dtype)}), output {args.output}")
     with StopSignals(second_quits=not launch.torchrun) as stop, contextlib.closing(run.record):
         while at.epoch < args.n_epochs:
             sampler.set_epoch(at.epoch, start=at.pairs)
