@@ -5,6 +5,7 @@ It imports neither torch nor the rest of the project, so that CI can check it ag
 visdom release each Python gets, in a small environment (.ci/visdom_check.sh).
 """
 import contextlib
+import html
 import io
 import json
 import logging
@@ -93,7 +94,8 @@ class Dashboard:
             self.viz = viz
             # Start from an empty environment: it may hold an older run of the same name.
             self.viz.close(win=None)
-            self.viz.text("<pre>" + json.dumps(self.options, indent=1) + "</pre>", win="options")
+            table, size = options_table(self.options)
+            self.viz.text(table, win="options", opts={"title": "options", **size})
             self._replay()
         except Exception:
             self.viz = None
@@ -152,6 +154,34 @@ class Dashboard:
         average, n = self.SMOOTHING * average + (1 - self.SMOOTHING) * value, n + 1
         self.smooth[name] = (average, n)
         return average / (1 - self.SMOOTHING ** n)
+
+
+# The options table's metrics in pixels, generous for bold 12px sans-serif: a character, a line.
+CHAR_WIDTH, LINE_HEIGHT = 7, 17
+OPTIONS_COLUMNS = 3  # name = value pairs side by side
+SHORT_OPTION = 30  # characters of "name = value" that share a row; longer ones take a row each
+
+
+def options_table(options):
+    """The run's options as an HTML table, and the pane size (width and height in pixels)
+    that shows all of it: visdom 0.3.0 opens a text pane that overflows scrolled to its end."""
+    cells = [(name, json.dumps(value)) for name, value in options.items()]
+    short = [cell for cell in cells if len(" = ".join(cell)) <= SHORT_OPTION]
+    long = [cell for cell in cells if len(" = ".join(cell)) > SHORT_OPTION]
+    rows = [short[i:i + OPTIONS_COLUMNS] for i in range(0, len(short), OPTIONS_COLUMNS)]
+    column = max((len(" = ".join(cell)) for cell in short), default=SHORT_OPTION) + 2
+    width = OPTIONS_COLUMNS * column  # in characters
+    lines = len(rows) + sum(-(-len(" = ".join(cell)) // width) for cell in long)
+    body = "".join("<tr>" + "".join(_option_cell(cell) for cell in row) + "</tr>" for row in rows)
+    body += "".join(f"<tr>{_option_cell(cell, span=OPTIONS_COLUMNS)}</tr>" for cell in long)
+    table = f'<table style="font-size: 12px; line-height: {LINE_HEIGHT}px">{body}</table>'
+    return table, {"width": width * CHAR_WIDTH + 40, "height": lines * LINE_HEIGHT + 50}
+
+
+def _option_cell(cell, span=1):
+    name, value = (html.escape(part) for part in cell)
+    return (f'<td colspan="{span}" style="padding: 0 1ch; word-break: break-all; vertical-align: top">'
+            f'<b>{name}</b> = {value}</td>')
 
 
 def _visdom_client(server, port, env, timeout):

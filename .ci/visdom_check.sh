@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The offline dashboard on each Python version given (e.g. 3.11 3.12 3.13): a fresh venv with
-# requirements.txt's visdom, tornado and tqdm lines, scripts/visdom_assets.sh, then, with no
-# network but loopback, `python -m visdom.server` and .ci/visdom_offline.py against it.
+# requirements.txt's visdom, tornado and tqdm lines (and selenium where Chromium is installed),
+# scripts/visdom_assets.sh, then, with no network but loopback, `python -m visdom.server` and
+# .ci/visdom_offline.py against it.
 # A version with no interpreter on this machine is skipped, saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,8 @@ offline() {
 }
 
 mapfile -t lines < <(grep -E '^(visdom|tornado|tqdm)\b' requirements.txt)
+# With Chromium (installed by .ci/run), the options pane is opened in it too.
+[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && lines+=(selenium)
 for version in "$@"; do
     python=$(find_python "$version")
     if [ -z "$python" ]; then

@@ -1,6 +1,8 @@
 """Run by .ci/visdom_check.sh with no network but loopback, in a venv holding only visdom,
 tornado and tqdm: `python -m visdom.server` starts, its page and every asset the page links
-answer 200, and dashboard.Dashboard's plots, image and options arrive."""
+answer 200, and dashboard.Dashboard's plots, image and options arrive. Where Chromium, its
+driver and selenium are installed, the page is also opened: the options pane shows its first
+option without scrolling (visdom 0.3.0 opens a text pane that overflows scrolled to its end)."""
 import json
 import os
 import re
@@ -22,6 +24,16 @@ import visdom  # noqa: E402
 from dashboard import Dashboard  # noqa: E402
 
 LOSS_NAMES = ("loss_G", "loss_D")
+# As many options as train.py has, two of them long paths.
+OPTIONS = {**{f"option_{i}": i * 1000 for i in range(28)}, "dataroot": "/home/someone/datasets/" * 4,
+           "output": "/home/someone/output/horse2zebra"}
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# Elements of the text pane that scroll or would need to, and its first option's name.
+TEXT_PANE = """const pane = document.querySelector('.content-text');
+    if (!pane) return null;
+    const scrolling = [pane, ...pane.querySelectorAll('*')]
+        .filter(e => e.scrollTop > 0 || e.scrollHeight > e.clientHeight + 1).map(e => e.className);
+    return {scrolling: scrolling, first: pane.textContent.trim().split(/\s/)[0]};"""
 
 
 def free_port():
@@ -65,7 +77,7 @@ def check_page(base):
 
 def check_dashboard(port):
     rows = [{"iteration": i, "epoch": 1, **{n: 1.0 / i for n in LOSS_NAMES}, "lr": 2e-4} for i in (1, 2, 3)]
-    dashboard = Dashboard("http://localhost", port, env="check", options={"check": True},
+    dashboard = Dashboard("http://localhost", port, env="check", options=OPTIONS,
                           history=lambda: rows[:2], loss_names=LOSS_NAMES)
     dashboard.plot(rows[2])
     dashboard.show(np.linspace(0, 1, 3 * 16 * 24).reshape(3, 16, 24), "a | b")
@@ -81,6 +93,31 @@ def check_dashboard(port):
         assert json.loads(viz.get_window_data(win, env="check"))["type"] == kind, win
 
 
+def check_options_pane(port):
+    """The options pane in headless Chromium; None where the browser or selenium is missing."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.support.ui import WebDriverWait
+    except ImportError:
+        return None
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        return None
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,1200"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    try:
+        browser.get(f"http://localhost:{port}/env/check")
+        pane = WebDriverWait(browser, 60).until(lambda b: b.execute_script(TEXT_PANE))
+        time.sleep(2)  # react-scroll-to-bottom scrolls smoothly, after the first render
+        pane = browser.execute_script(TEXT_PANE)
+    finally:
+        browser.quit()
+    assert pane == {"scrolling": [], "first": "option_0"}, pane
+    return True
+
+
 def main():
     port = free_port()
     with tempfile.TemporaryDirectory() as env_path, tempfile.TemporaryFile("w+") as log:
@@ -88,12 +125,14 @@ def main():
         try:
             assets = check_page(f"http://localhost:{port}")
             check_dashboard(port)
+            browser = check_options_pane(port)
         finally:
             server.terminate()
             server.wait(timeout=30)
     print(f"visdom_check: Python {sys.version.split()[0]}, visdom {visdom.__version__}, tornado {tornado.version}: "
           f"with no network, the page and its {assets} assets answer 200, and the dashboard's plots, image "
-          "and options arrive")
+          "and options arrive" + ("; in Chromium, the options pane needs no scrolling" if browser else
+                                  " (Chromium or selenium missing: the options pane was not opened)"))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import ROOT, TINY, free_port, run_script, start_visdom_server, stop
-from dashboard import Dashboard
+from dashboard import Dashboard, options_table
 from utils import LOSS_NAMES
 
 
@@ -180,3 +180,18 @@ def test_a_new_run_replaces_the_plots_of_an_older_run_with_the_same_name(tmp_pat
         assert plotted(port) == [[1], [1]]
     finally:
         stop(server)
+
+
+def test_the_options_table_shows_every_option_with_its_value_escaped():
+    table, _ = options_table({"lambda_cycle": 10.0, "inception": None, "output": "runs/<a&b>"})
+    assert "<b>lambda_cycle</b> = 10.0" in table and "<b>inception</b> = null" in table
+    assert "<b>output</b> = &quot;runs/&lt;a&amp;b&gt;&quot;" in table
+
+
+def test_the_options_pane_grows_with_its_rows_so_that_it_opens_at_the_first_option():
+    _, three = options_table({f"option_{i}": i for i in range(3)})  # one row
+    _, four = options_table({f"option_{i}": i for i in range(4)})  # two rows
+    _, wrapped = options_table({"option_0": 0, "dataroot": "/data/" * 40})  # a long value wraps
+    assert four["height"] > three["height"] and wrapped["height"] > four["height"]
+    assert wrapped["width"] == three["width"]
+
