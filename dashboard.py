@@ -62,7 +62,8 @@ class Dashboard:
         self._put(("fid", row))
 
     def close(self):
-        """Send what is queued; a server that does not answer delays this by TIMEOUT_SECONDS at most."""
+        """Send what is queued; a server that does not answer delays this by TIMEOUT_SECONDS
+        at most."""
         self._put(None)
         self.thread.join(timeout=self.TIMEOUT_SECONDS + 1)
 
@@ -81,8 +82,8 @@ class Dashboard:
                 self._send(*item)
             except Exception as e:
                 self.viz, self.warned = None, True
-                _warn(f"visdom stopped answering ({type(e).__name__}); training goes on, and the plots "
-                      f"come back when the server does")
+                _warn(f"visdom stopped answering ({type(e).__name__}); training goes on, and "
+                      "the plots come back when the server does")
 
     def _connect(self):
         if time.monotonic() - self.last_attempt < self.RETRY_SECONDS:
@@ -90,7 +91,8 @@ class Dashboard:
         self.last_attempt = time.monotonic()
         try:
             viz = _visdom_client(self.server, self.port, self.env, self.TIMEOUT_SECONDS)
-            viz._win_exists_wrap("options")  # raises when no server answers (win_exists would print)
+            # Raises when no server answers (win_exists would print instead).
+            viz._win_exists_wrap("options")
             self.viz = viz
             # Start from an empty environment: it may hold an older run of the same name.
             self.viz.close(win=None)
@@ -100,14 +102,15 @@ class Dashboard:
         except Exception:
             self.viz = None
             if not self.warned:
-                _warn(f"no visdom server answers at {self.server}:{self.port}; training goes on and "
-                      f"connects when one does. Start one with `python -m visdom.server -port {self.port}` "
-                      f"or pass --no_visdom.")
+                _warn(f"no visdom server answers at {self.server}:{self.port}; training goes on "
+                      "and connects when one does. Start one with `python -m visdom.server -port "
+                      f"{self.port}` or pass --no_visdom.")
                 self.warned = True
             return False
         if self.warned:
             again = " again" if self.announced else ""  # announced: it answered before
-            tqdm.write(f"visdom: answers{again} at {self.server}:{self.port}; plots rebuilt from losses.csv")
+            tqdm.write(f"visdom: answers{again} at {self.server}:{self.port}; plots rebuilt from "
+                       "losses.csv")
             self.warned = False
         if not self.announced:
             tqdm.write(f"visdom: this run's plots are at {self.address}")
@@ -130,8 +133,9 @@ class Dashboard:
                                                       "height": round(height * scale)})
         elif kind == "fid":
             names = ("fid_A2B", "fid_B2A", "mean_fid")
-            self.viz.line(X=[[payload["epoch"]] * 3], Y=[[payload[n] for n in names]], win="fid", update="append",
-                          opts={"title": "FID (test split)", "xlabel": "epoch", "legend": list(names)})
+            self.viz.line(X=[[payload["epoch"]] * 3], Y=[[payload[n] for n in names]], win="fid",
+                          update="append", opts={"title": "FID (test split)", "xlabel": "epoch",
+                                                 "legend": list(names)})
         elif payload["iteration"] > self.plotted:  # rows up to `plotted` came with a replay
             self._lines([payload], update="append")
 
@@ -140,12 +144,14 @@ class Dashboard:
         for name in self.loss_names:
             raw = [row[name] for row in rows]
             smoothed = [self._smoothed(name, value) for value in raw]
-            self.viz.line(X=[[i, i] for i in x], Y=[list(pair) for pair in zip(raw, smoothed)], win=name,
-                          update=update, opts={"title": name, "xlabel": "iteration", "showlegend": True,
-                                               "legend": [name, f"{name} (smoothed)"]})
+            self.viz.line(X=[[i, i] for i in x], Y=[list(pair) for pair in zip(raw, smoothed)],
+                          win=name, update=update,
+                          opts={"title": name, "xlabel": "iteration", "showlegend": True,
+                                "legend": [name, f"{name} (smoothed)"]})
         # A log axis: on a linear one from -1 to 1, visdom 0.2.4's default, 2e-4 reads as 0.
         self.viz.line(X=x, Y=[row["lr"] for row in rows], win="lr", update=update,
-                      opts={"title": "learning rate", "xlabel": "iteration", "legend": ["lr"], "ytype": "log"})
+                      opts={"title": "learning rate", "xlabel": "iteration", "legend": ["lr"],
+                            "ytype": "log"})
         self.plotted = x[-1]
 
     def _smoothed(self, name, value):
@@ -180,7 +186,8 @@ def options_table(options):
 
 def _option_cell(cell, span=1):
     name, value = (html.escape(part) for part in cell)
-    return (f'<td colspan="{span}" style="padding: 0 1ch; word-break: break-all; vertical-align: top">'
+    style = "padding: 0 1ch; word-break: break-all; vertical-align: top"
+    return (f'<td colspan="{span}" style="{style}">'
             f'<b>{name}</b> = {value}</td>')
 
 
@@ -197,7 +204,8 @@ def _visdom_client(server, port, env, timeout):
     logging.getLogger("visdom").setLevel(logging.CRITICAL)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        return Client(server=server, port=port, env=env, raise_exceptions=True, use_incoming_socket=False)
+        return Client(server=server, port=port, env=env, raise_exceptions=True,
+                      use_incoming_socket=False)
 
 
 def _warn(message):

@@ -27,10 +27,12 @@ def domain_dir(dataroot, split, domain):
     """The folder of one domain ('A' or 'B') of one split ('train' or 'test')."""
     if not os.path.isdir(dataroot):
         raise UserError(f"--dataroot {dataroot}: no such folder; expected {layout(split)}")
-    for candidate in (os.path.join(dataroot, split + domain), os.path.join(dataroot, split, domain)):
+    for candidate in (os.path.join(dataroot, split + domain),
+                      os.path.join(dataroot, split, domain)):
         if os.path.isdir(candidate):
             return candidate
-    raise UserError(f"{dataroot}: no folder {split}{domain} (or {split}/{domain}); expected {layout(split)}")
+    raise UserError(f"{dataroot}: no folder {split}{domain} (or {split}/{domain}); expected "
+                    f"{layout(split)}")
 
 
 def list_images(folder, check=None, what=IMAGES):
@@ -140,7 +142,8 @@ def load_readable(paths, index, min_size, warned):
             if path not in warned:
                 warned.add(path)
                 print(f"warning: skipping {path}: {describe(e)}", file=sys.stderr)
-    raise RuntimeError(f"no readable image left among {len(paths)} files in {os.path.dirname(paths[0])}")
+    raise RuntimeError(f"no readable image left among {len(paths)} files in "
+                       f"{os.path.dirname(paths[0])}")
 
 
 class UnalignedDataset(torch.utils.data.Dataset):

@@ -2,19 +2,19 @@
 
     python train.py --dataroot datasets/horse2zebra
 
-Read top to bottom: the options; the model and its optimisation step (`CycleGAN`, usable
-without the command line); saving and resuming; what a run records (losses.csv, samples,
-visdom, FID); the training loop; `main`. Checkpoints resume exactly (`--resume`).
+Read top to bottom: the options; saving and resuming; what a run records (losses.csv,
+samples, visdom, FID); the training loop, with what is due at each iteration written out in
+`train_epoch`; `main`. The model and its optimisation step are in cyclegan.py. Checkpoints
+resume exactly (`--resume`).
 
 Epochs count from 0 inside this file (`Position.epoch`); only what a person reads (the
-progress bar, messages, the epoch column of losses.csv) counts from 1.
+progress bar, messages, the epoch columns of losses.csv and metrics.csv) counts from 1.
 """
 import argparse
 import contextlib
 import dataclasses
 import datetime
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -25,30 +25,32 @@ import time
 
 import torch
 from torch import distributed as dist
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from cyclegan import LOSS_NAMES, MIN_SIZE, CycleGAN
 from dashboard import Dashboard
 from datasets import EpochSampler, UnalignedDataset, domain_dir, list_images
-from models import Discriminator, Generator
-from utils import (LOSS_NAMES, VISUAL_NAMES, ArgumentParser, ImagePool, LossLog, RunFailure, StopSignals, UserError,
-                   add_amp_argument, add_device_argument, add_workers_argument, amp_dtype, atomic_save,
-                   atomic_write_text, cpu_bf16, default_load_size, default_output, describe, fail, ignore_stop_signals,
-                   linear_decay, load_weights, pick_device, precision_name, report_skipped, require, run_sibling,
-                   save_visuals, use_amp, visuals_grid)
+from fid import inception_network
+from utils import (VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals, UserError,
+                   add_amp_argument, add_device_argument, add_workers_argument, atomic_save,
+                   atomic_write_text, cpu_bf16, default_load_size, default_output, describe, fail,
+                   ignore_stop_signals, linear_decay, load_weights, pick_device, precision_name,
+                   report_skipped, require, run_sibling, save_visuals, use_amp, visuals_grid)
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
-CHECKPOINT_KEYS = {"model", "epoch", "position", "iteration", "seconds", "options", "rng"}
+# A checkpoint holds these, and where the epoch under way stands: "pairs" ("position" in
+# checkpoints written before December 2026).
+CHECKPOINT_KEYS = {"model", "epoch", "iteration", "seconds", "options", "rng"}
 # Reading a loss makes the host wait for the GPU, so losses are read only every READ_EVERY
 # iterations (for the progress bar and the finiteness check) and at each --log_every.
 READ_EVERY = 10
-METRIC_FIELDS = ("iteration", "epoch", "mean_fid", "fid_A2B", "kid_A2B", "kid_std_A2B", "fid_B2A", "kid_B2A",
-                 "kid_std_B2A")
+LOSS_FIELDS = ("iteration", "epoch", *LOSS_NAMES, "lr", "seconds")
+METRIC_FIELDS = ("iteration", "epoch", "mean_fid", "fid_A2B", "kid_A2B", "kid_std_A2B", "fid_B2A",
+                 "kid_B2A", "kid_std_B2A")
 # The time left but not the time elapsed (losses.csv has it), so that at 80 columns the bar
 # keeps about ten characters beside the counts, the time left, the speed and two losses.
-BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{remaining} left, {rate_fmt}{postfix}]"
-MIN_SIZE = 24  # smaller crops leave the discriminator's later layers a single pixel to normalise
+BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+              "[{remaining} left, {rate_fmt}{postfix}]")
 
 
 # The options
@@ -63,70 +65,94 @@ def build_parser():
 
 
 def _add_data_and_schedule_options(p):
-    p.add_argument("--dataroot", required=True, help="dataset folder with trainA/ and trainB/ (or train/A, train/B)")
-    p.add_argument("--output", help="where weights, checkpoint, losses.csv and samples go (default: output/<dataroot name>)")
-    p.add_argument("--n_epochs", type=int, default=200, help="total number of epochs (default: 200)")
+    p.add_argument("--dataroot", required=True,
+                   help="dataset folder with trainA/ and trainB/ (or train/A, train/B)")
+    p.add_argument("--output", help="where weights, checkpoint, losses.csv and samples go "
+                   "(default: output/<dataroot name>)")
+    p.add_argument("--n_epochs", type=int, default=200,
+                   help="total number of epochs (default: 200)")
     p.add_argument("--decay_epoch", type=int,
-                   help="epochs at the full learning rate before it falls linearly towards zero at --n_epochs "
-                   "(default: half of --n_epochs and at least 1, i.e. 100; a 1-epoch trial runs at the full rate)")
-    p.add_argument("--batch_size", type=int, default=1, help="images per domain per step (default: 1, as in the paper)")
-    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate, betas 0.5/0.999 (default: 2e-4)")
-    p.add_argument("--size", type=int, default=256, help="training crop size, a multiple of 4 (default: 256)")
-    p.add_argument("--load_size", type=int,
-                   help="images are resized to this before cropping (default: size*286/256, i.e. 286 for 256)")
-    p.add_argument("--lambda_cycle", type=float, default=10.0, help="weight of the cycle-consistency loss (default: 10)")
+                   help="epochs at the full learning rate before it falls linearly towards zero "
+                   "at --n_epochs (default: half of --n_epochs and at least 1, i.e. 100; a 1-epoch "
+                   "trial runs at the full rate)")
+    p.add_argument("--batch_size", type=int, default=1,
+                   help="images per domain per step (default: 1, as in the paper)")
+    p.add_argument("--lr", type=float, default=2e-4,
+                   help="Adam learning rate, betas 0.5/0.999 (default: 2e-4)")
+    p.add_argument("--size", type=int, default=256,
+                   help="training crop size, a multiple of 4 (default: 256)")
+    p.add_argument("--load_size", type=int, help="images are resized to this before cropping "
+                   "(default: size*286/256, i.e. 286 for 256)")
+    p.add_argument("--lambda_cycle", type=float, default=10.0,
+                   help="weight of the cycle-consistency loss (default: 10)")
     p.add_argument("--lambda_identity", type=float, default=0.5,
-                   help="weight of the identity loss, relative to --lambda_cycle; 0 turns it off (default: 0.5)")
+                   help="weight of the identity loss, relative to --lambda_cycle; 0 turns it off "
+                   "(default: 0.5)")
     p.add_argument("--pool_size", type=int, default=50,
-                   help="generated images kept per domain in the discriminators' replay buffer; 0 turns it off (default: 50)")
+                   help="generated images kept per domain in the discriminators' replay buffer; "
+                   "0 turns it off (default: 50)")
 
 
 def _add_network_and_speed_options(p):
-    p.add_argument("--ngf", type=int, default=64, help="generator filters in the first conv layer (default: 64)")
-    p.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first conv layer (default: 64)")
-    p.add_argument("--n_blocks", type=int, default=9, help="residual blocks in each generator (default: 9)")
+    p.add_argument("--ngf", type=int, default=64,
+                   help="generator filters in the first conv layer (default: 64)")
+    p.add_argument("--ndf", type=int, default=64,
+                   help="discriminator filters in the first conv layer (default: 64)")
+    p.add_argument("--n_blocks", type=int, default=9,
+                   help="residual blocks in each generator (default: 9)")
     add_device_argument(p)
     add_amp_argument(p)
-    p.add_argument("--channels_last", action="store_true", help="channels-last memory format for networks and batches")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the networks: faster iterations after minutes of compiling at start-up")
+    p.add_argument("--channels_last", action="store_true",
+                   help="channels-last memory format for networks and batches")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks: faster "
+                   "iterations after minutes of compiling at start-up")
 
 
 def _add_run_options(p):
     add_workers_argument(p, "data-loading")
-    p.add_argument("--seed", type=int, default=0, help="seed for initial weights, data order, crops and the buffers (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initial weights, data order, "
+                   "crops and the buffers (default: 0)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --output from its checkpoint.pth; options not given again are taken from it")
+                   help="continue the run in --output from its checkpoint.pth; options not given "
+                   "again are taken from it")
     p.add_argument("--log_every", type=int, default=100,
-                   help="iterations between rows of losses.csv and visdom plot points (default: 100)")
+                   help="iterations between rows of losses.csv and visdom plot points "
+                   "(default: 100)")
     p.add_argument("--sample_every", type=int, default=500,
                    help="iterations between sample grids in samples/ and on visdom (default: 500)")
     p.add_argument("--save_every", type=int, default=5000,
-                   help="iterations between checkpoints, besides the one at every epoch end (default: 5000)")
+                   help="iterations between checkpoints, besides the one at every epoch end "
+                   "(default: 5000)")
     p.add_argument("--eval_every", type=int, default=0,
-                   help="epochs between FID/KID evaluations on the test split (evaluate.py; metrics.csv, visdom, "
-                   "and best/ keeps the weights with the lowest mean FID); 0 turns it off (default: 0)")
-    p.add_argument("--inception", help="a local copy of pytorch-fid's Inception weights, or the TorchScript "
-                   "default_1.pt, for --eval_every on machines without internet, as evaluate.py --inception "
-                   "(default: downloaded once)")
+                   help="epochs between FID/KID evaluations on the test split (evaluate.py; "
+                   "metrics.csv, visdom, and best/ keeps the weights with the lowest mean FID); "
+                   "0 turns it off (default: 0)")
+    p.add_argument("--inception", help="a local copy of pytorch-fid's Inception weights, or the "
+                   "TorchScript default_1.pt, for --eval_every on machines without internet, as "
+                   "evaluate.py --inception (default: downloaded once)")
     p.add_argument("--eval_dims", type=int, default=2048, choices=(64, 192, 768, 2048),
-                   help="Inception features for --eval_every, as evaluate.py --dims: 2048 compares with published "
-                   "figures; fewer are faster on a CPU, where FID's matrix square root of 2048x2048 takes seconds "
-                   "(default: 2048)")
-    p.add_argument("--no_visdom", action="store_true", help="do not send plots and images to visdom")
+                   help="Inception features for --eval_every, as evaluate.py --dims: 2048 compares "
+                   "with published figures; fewer are faster on a CPU, where FID's matrix square "
+                   "root of 2048x2048 takes seconds (default: 2048)")
+    p.add_argument("--no_visdom", action="store_true",
+                   help="do not send plots and images to visdom")
     p.add_argument("--visdom_server", default="http://localhost",
                    help="visdom server address, without the port (default: http://localhost)")
-    p.add_argument("--visdom_port", type=int, default=8097, help="visdom server port (default: 8097)")
+    p.add_argument("--visdom_port", type=int, default=8097,
+                   help="visdom server port (default: 8097)")
 
 
 def read_checkpoint(path):
     if not os.path.isfile(path):
-        raise UserError(f"--resume: no checkpoint at {path}; start without --resume or point --output at the run")
+        raise UserError(f"--resume: no checkpoint at {path}; start without --resume or point "
+                        "--output at the run")
     try:
         checkpoint = load_weights(path)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        raise UserError(f"--resume: {path} is not a checkpoint torch can read safely ({type(e).__name__})")
-    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise UserError(f"--resume: {path} is not a checkpoint torch can read safely "
+                        f"({type(e).__name__})")
+    if (not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys()
+            or not {"pairs", "position"} & checkpoint.keys()):
         raise UserError(f"--resume: {path} is not a checkpoint written by train.py")
     return checkpoint
 
@@ -146,7 +172,8 @@ def parse_args(argv=None):
         mismatch = [f"--{k} {getattr(args, k)} (checkpoint: {saved[k]})"
                     for k in ARCHITECTURE if getattr(args, k) != saved[k]]
         if mismatch:
-            raise UserError(f"--resume: {', '.join(mismatch)}; drop these flags to continue the run")
+            raise UserError(f"--resume: {', '.join(mismatch)}; drop these flags to continue "
+                            "the run")
     if args.load_size is None:
         args.load_size = default_load_size(args.size)
     if args.decay_epoch is None:
@@ -155,190 +182,38 @@ def parse_args(argv=None):
     try:
         check_args(args)
     except UserError as e:
-        raise UserError(f"{e} (with --resume, options not given again are the checkpoint's)" if args.resume else e)
+        if args.resume:
+            raise UserError(f"{e} (with --resume, options not given again are the checkpoint's)")
+        raise
     return args, checkpoint
 
 
 def check_args(args):
     rules = [
         (args.size >= MIN_SIZE and args.size % 4 == 0,
-         f"--size {args.size}: must be a multiple of 4 and at least {MIN_SIZE} (the discriminator needs 24x24)"),
-        (args.load_size >= args.size, f"--load_size {args.load_size}: must be at least --size {args.size}"),
+         f"--size {args.size}: must be a multiple of 4 and at least {MIN_SIZE} (the "
+         "discriminator needs 24x24)"),
+        (args.load_size >= args.size,
+         f"--load_size {args.load_size}: must be at least --size {args.size}"),
         (args.n_epochs >= 1, f"--n_epochs {args.n_epochs}: must be at least 1"),
         (0 <= args.decay_epoch <= args.n_epochs,
          f"--decay_epoch {args.decay_epoch}: must be between 0 and --n_epochs {args.n_epochs}"),
         (args.lr > 0, f"--lr {args.lr}: must be positive"),
         (0 <= args.seed < 2**32, f"--seed {args.seed}: must be between 0 and 2**32 - 1"),
-        (1 <= args.visdom_port <= 65535, f"--visdom_port {args.visdom_port}: must be between 1 and 65535"),
+        (1 <= args.visdom_port <= 65535,
+         f"--visdom_port {args.visdom_port}: must be between 1 and 65535"),
     ]
     for ok, message in rules:
         if not ok:
             raise UserError(message)
-    require(args, 1, "batch_size", "ngf", "ndf", "n_blocks", "log_every", "sample_every", "save_every")
+    require(args, 1, "batch_size", "ngf", "ndf", "n_blocks", "log_every", "sample_every",
+            "save_every")
     require(args, 0, "lambda_cycle", "lambda_identity", "pool_size", "workers", "eval_every")
-
-
-# The model and its optimisation step
-
-def lsgan(prediction, is_real):
-    """Least-squares GAN loss against a target of 1 (real) or 0 (fake) for every patch."""
-    prediction = prediction.float()
-    target = torch.ones_like(prediction) if is_real else torch.zeros_like(prediction)
-    return nn.functional.mse_loss(prediction, target)
-
-
-def l1(x, y):
-    return nn.functional.l1_loss(x.float(), y.float())
-
-
-def _batched(net, *inputs):
-    """net applied to each input, in one call on their concatenation (exact for networks
-    without batch statistics, as all four here)."""
-    outputs = net(torch.cat(inputs)) if len(inputs) > 1 else net(inputs[0])
-    return outputs.split([len(x) for x in inputs])
-
-
-def _set_requires_grad(nets, flag):
-    for net in nets:
-        for p in net.parameters():
-            p.requires_grad_(flag)
-
-
-class CycleGAN:
-    """The two generators (G_A2B, G_B2A), the two discriminators (D_A judges domain-A images,
-    D_B domain-B images), their two Adam optimisers and the two replay buffers."""
-
-    def __init__(self, *, device="cpu", ngf=64, ndf=64, n_blocks=9, lr=2e-4, lambda_cycle=10.0,
-                 lambda_identity=0.5, pool_size=50, seed=0, amp=False, channels_last=False, rank=0):
-        self.device = torch.device(device)
-        self.lambda_cycle, self.lambda_identity = lambda_cycle, lambda_identity
-        self.amp_dtype = amp_dtype(self.device) if amp else None
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.G_A2B = Generator(ngf=ngf, n_blocks=n_blocks)
-            self.G_B2A = Generator(ngf=ngf, n_blocks=n_blocks)
-            self.D_A = Discriminator(ndf=ndf)
-            self.D_B = Discriminator(ndf=ndf)
-        for net in self.networks().values():
-            net.to(self.device, memory_format=self.memory_format)
-        generators = itertools.chain(self.G_A2B.parameters(), self.G_B2A.parameters())
-        discriminators = itertools.chain(self.D_A.parameters(), self.D_B.parameters())
-        # The fused kernel updates all parameters in one pass; on CPU the default per-tensor
-        # loop took as long as a tenth of a 128x128 iteration (docs/benchmarks.md).
-        self.opt_G = torch.optim.Adam(generators, lr=lr, betas=(0.5, 0.999), fused=True)
-        self.opt_D = torch.optim.Adam(discriminators, lr=lr, betas=(0.5, 0.999), fused=True)
-        # fp16 gradients need scaling against underflow; bf16 and fp32 ones do not.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        # Each torchrun process keeps its own buffers, with its own random stream.
-        self.pool_A = ImagePool(pool_size, seed=2 * seed + 1_000_003 * rank)  # generated A images, for D_A
-        self.pool_B = ImagePool(pool_size, seed=2 * seed + 1 + 1_000_003 * rank)  # generated B images, for D_B
-        self.synced = {}  # DistributedDataParallel wrappers of the networks, under torchrun
-        self.visuals = {}
-
-    def autocast(self):
-        """Mixed precision for the networks when amp is on; the losses are taken in fp32."""
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
-
-    def step(self, real_A, real_B):
-        """One optimisation step on a batch from each domain; returns the losses as floats."""
-        return dict(zip(LOSS_NAMES, self.update(real_A, real_B).tolist()))
-
-    def update(self, real_A, real_B):
-        """`step` without waiting for the device: returns the five losses (in LOSS_NAMES order)
-        as one tensor still on it, so that a GPU can run ahead until someone reads them."""
-        real_A = real_A.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        real_B = real_B.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        G_A2B, G_B2A, D_A, D_B = (self.synced.get(name, net) for name, net in self.networks().items())
-        identity = self.lambda_identity > 0
-        with self.autocast():
-            # InstanceNorm normalises each image on its own, so passes through the same
-            # network can share one call: same outputs and gradients as separate calls, to
-            # float rounding, with fewer and larger kernels. G_A2B(real_B) and G_B2A(real_A)
-            # are the identity passes: a generator should leave an image of its target
-            # domain unchanged (Taigman et al.).
-            fake_B, *idt_B = _batched(G_A2B, real_A, *[real_B] * identity)
-            fake_A, rec_A, *idt_A = _batched(G_B2A, real_B, fake_B, *[real_A] * identity)
-            rec_B = G_A2B(fake_A)
-
-            # The discriminators are frozen here and called unwrapped: their gradient is not
-            # wanted, and a DistributedDataParallel wrapper would wait for it.
-            _set_requires_grad((self.D_A, self.D_B), False)
-            loss_G_GAN = lsgan(self.D_B(fake_B), True) + lsgan(self.D_A(fake_A), True)
-            loss_G_cycle = self.lambda_cycle * (l1(rec_A, real_A) + l1(rec_B, real_B))
-            loss_G_identity = torch.zeros((), device=self.device)
-            if identity:
-                loss_G_identity = self.lambda_cycle * self.lambda_identity * (l1(*idt_B, real_B) + l1(*idt_A, real_A))
-            loss_G = loss_G_GAN + loss_G_cycle + loss_G_identity
-        self._optimise(self.opt_G, loss_G)
-
-        _set_requires_grad((self.D_A, self.D_B), True)
-        with self.autocast():
-            loss_D = (self._discriminator_loss(D_A, real_A, self.pool_A.query(fake_A))
-                      + self._discriminator_loss(D_B, real_B, self.pool_B.query(fake_B)))
-        self._optimise(self.opt_D, loss_D)
-        self.scaler.update()
-
-        self.visuals = {"real_A": real_A, "fake_B": fake_B.detach(), "rec_A": rec_A.detach(),
-                        "real_B": real_B, "fake_A": fake_A.detach(), "rec_B": rec_B.detach()}
-        return torch.stack((loss_G, loss_G_GAN, loss_G_cycle, loss_G_identity, loss_D)).detach()
-
-    def _optimise(self, optimizer, loss):
-        optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)
-
-    @staticmethod
-    def _discriminator_loss(D, real, fake):
-        # Halved so that D learns at half the rate of G, as in the paper.
-        on_real, on_fake = _batched(D, real, fake.detach())
-        return 0.5 * (lsgan(on_real, True) + lsgan(on_fake, False))
-
-    def compile(self):
-        """torch.compile the four networks in place (their state_dict keys stay the same).
-        The first iterations then take minutes to compile; see README, Speed."""
-        for net in self.networks().values():
-            net.compile()
-
-    def distribute(self):
-        """Average gradients over the torchrun processes with DistributedDataParallel (which
-        also copies rank 0's weights to all). The plain networks stay the ones saved, so the
-        state_dict keys do not change."""
-        devices = [self.device] if self.device.type == "cuda" else None
-        self.synced = {name: DistributedDataParallel(net, device_ids=devices)
-                       for name, net in self.networks().items()}
-
-    def set_lr(self, lr):
-        for group in self.opt_G.param_groups + self.opt_D.param_groups:
-            group["lr"] = lr
-
-    def networks(self):
-        return {"G_A2B": self.G_A2B, "G_B2A": self.G_B2A, "D_A": self.D_A, "D_B": self.D_B}
-
-    def state_dict(self):
-        state = {name: net.state_dict() for name, net in self.networks().items()}
-        state.update(opt_G=self.opt_G.state_dict(), opt_D=self.opt_D.state_dict(), scaler=self.scaler.state_dict(),
-                     pool_A=self.pool_A.state_dict(), pool_B=self.pool_B.state_dict())
-        return state
-
-    def load_state_dict(self, state):
-        for name, net in self.networks().items():
-            net.load_state_dict(state[name])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        if state.get("scaler"):  # empty unless the run used fp16
-            self.scaler.load_state_dict(state["scaler"])
-        for name, pool in (("pool_A", self.pool_A), ("pool_B", self.pool_B)):
-            if name not in state:  # a torchrun process other than rank 0 starts with empty buffers
-                continue
-            pool_state = dict(state[name])
-            pool_state["images"] = [im.to(self.device) for im in pool_state["images"]]
-            pool.load_state_dict(pool_state)
 
 
 # Saving and resuming
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Position:
     """Where a run stands, as its checkpoint keeps it. `epoch` counts from 0: the epoch under
     way or, when `pairs` is 0, the next one to start, which is then also the number of epochs
@@ -349,6 +224,12 @@ class Position:
     pairs: int = 0
     iteration: int = 0
     seconds: float = 0.0
+
+    def after_step(self, pairs):
+        return dataclasses.replace(self, pairs=self.pairs + pairs, iteration=self.iteration + 1)
+
+    def next_epoch(self):
+        return dataclasses.replace(self, epoch=self.epoch + 1, pairs=0)
 
 
 def check_same_weights(model, world_size):
@@ -370,17 +251,19 @@ def save_run(model, args, launch, at):
     checks that all hold the same weights, and rank 0 writes."""
     for name, net in model.networks().items():
         if not all(torch.isfinite(p).all() for p in net.parameters()):
-            raise RunFailure(f"{name} has non-finite weights at iteration {at.iteration}; nothing saved, "
-                             f"{args.output}/checkpoint.pth keeps the last good state; try a lower --lr")
+            raise RunFailure(f"{name} has non-finite weights at iteration {at.iteration}; "
+                             f"nothing saved, {args.output}/checkpoint.pth keeps the last good "
+                             "state; try a lower --lr")
     if launch.world_size > 1:
         check_same_weights(model, launch.world_size)
     if not launch.writes:
         return
     for name, net in model.networks().items():
         atomic_save(net.state_dict(), os.path.join(args.output, f"net{name}.pth"))
-    checkpoint = {"model": model.state_dict(), "epoch": at.epoch, "position": at.pairs, "iteration": at.iteration,
-                  "seconds": at.seconds, "options": vars(args), "world_size": launch.world_size,
-                  "rng": {"torch": torch.get_rng_state()}}  # training never draws from a CUDA generator
+    checkpoint = {"model": model.state_dict(), "epoch": at.epoch, "pairs": at.pairs,
+                  "iteration": at.iteration, "seconds": at.seconds, "options": vars(args),
+                  "world_size": launch.world_size,
+                  "rng": {"torch": torch.get_rng_state()}}  # training draws from no CUDA generator
     atomic_save(checkpoint, os.path.join(args.output, "checkpoint.pth"))
 
 
@@ -393,9 +276,12 @@ def restore(model, checkpoint, launch):
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as e:
-        raise UserError(f"--resume: the checkpoint's weights do not fit its options ({describe(e)})")
+        raise UserError(f"--resume: the checkpoint's weights do not fit its options "
+                        f"({describe(e)})")
     torch.set_rng_state(checkpoint["rng"]["torch"])
-    at = Position(checkpoint["epoch"], checkpoint["position"], checkpoint["iteration"], checkpoint["seconds"])
+    # Checkpoints written before December 2026 keep the pairs under "position".
+    pairs = checkpoint["pairs"] if "pairs" in checkpoint else checkpoint["position"]
+    at = Position(checkpoint["epoch"], pairs, checkpoint["iteration"], checkpoint["seconds"])
     if launch.writes:
         print(f"resuming at epoch {at.epoch + 1}, iteration {at.iteration}")
     return at
@@ -406,40 +292,32 @@ def prepare_output(args):
     before any model is built."""
     try:
         os.makedirs(os.path.join(args.output, "samples"), exist_ok=True)
-        atomic_write_text(json.dumps(vars(args), indent=2) + "\n", os.path.join(args.output, "options.json"))
+        atomic_write_text(json.dumps(vars(args), indent=2) + "\n",
+                          os.path.join(args.output, "options.json"))
     except OSError as e:
         raise UserError(f"--output {args.output}: cannot write there ({e.strerror or e})")
 
 
 # What a run records besides its weights
 
-def keep_best(output, row):
-    """Copy the generator and discriminator weights into best/, each file atomically."""
-    best = os.path.join(output, "best")
-    os.makedirs(best, exist_ok=True)
-    for name in ("G_A2B", "G_B2A", "D_A", "D_B"):
-        atomic_save(torch.load(os.path.join(output, f"net{name}.pth"), weights_only=True),
-                    os.path.join(best, f"net{name}.pth"))
-    atomic_write_text(json.dumps(row, indent=2) + "\n", os.path.join(best, "metrics.json"))
-
-
 class TrainingRecord:
     """What a run shows and keeps besides its weights: the mean of each loss over every
-    --log_every iterations (losses.csv and visdom), sample grids, and the training clock,
-    which counts on from the checkpoint on resume. Under torchrun the losses are averaged
-    over the processes, and rank 0 alone writes and plots."""
+    --log_every iterations (losses.csv and visdom), sample grids, FID (metrics.csv and
+    visdom), and the training clock, which counts on from the checkpoint on resume. Under
+    torchrun the losses are averaged over the processes, and rank 0 alone writes and plots."""
 
     def __init__(self, args, at, launch):
         self.output, self.world_size, self.writes = args.output, launch.world_size, launch.writes
         self.samples = os.path.join(args.output, "samples")
-        self.log = LossLog(os.path.join(args.output, "losses.csv"))
+        self.log = LossLog(os.path.join(args.output, "losses.csv"), LOSS_FIELDS)
         self.metrics = LossLog(os.path.join(args.output, "metrics.csv"), METRIC_FIELDS)
         if self.writes:
             self.log.truncate_after(at.iteration)
             self.metrics.truncate_after(at.iteration)
         self.dashboard = None if args.no_visdom or not self.writes else Dashboard(
-            args.visdom_server, args.visdom_port, env=os.path.basename(os.path.normpath(args.output)),
-            options=vars(args), history=self.log.rows, loss_names=LOSS_NAMES)
+            args.visdom_server, args.visdom_port,
+            env=os.path.basename(os.path.normpath(args.output)), options=vars(args),
+            history=self.log.rows, loss_names=LOSS_NAMES)
         self.start = time.perf_counter() - at.seconds
         self.total, self.count, self.read_at = None, 0, at.iteration
 
@@ -447,22 +325,22 @@ class TrainingRecord:
         return time.perf_counter() - self.start
 
     def add(self, losses):
-        """Add one step's losses (a tensor on the training device; nothing waits for it)."""
+        """Add one step's Losses (tensors on the training device; nothing waits for them)."""
+        losses = torch.stack(losses)
         self.total = losses if self.total is None else self.total + losses
         self.count += 1
 
-    def read(self, at, stop_signal):
-        """Wait for the device; returns the mean of each loss since the last flush, and whether
-        any process received a stop signal. A loss that is no longer finite stops the run
-        before anything is saved from it."""
+    def read(self, at):
+        """Wait for the device; returns the mean of each loss since the last flush, averaged
+        over the torchrun processes. A loss that is no longer finite stops the run before
+        anything is saved from it."""
         if not self.count:
-            return {}, bool(stop_signal)
-        values = torch.cat([self.total / self.count, torch.tensor([float(bool(stop_signal))], device=self.total.device)])
+            return {}
+        means = self.total / self.count
         if self.world_size > 1:
-            dist.all_reduce(values)  # one exchange for the losses and the stop flags
-            values[:-1] /= self.world_size
-        *losses, stops = values.tolist()
-        means = dict(zip(LOSS_NAMES, losses))
+            dist.all_reduce(means)
+            means /= self.world_size
+        means = dict(zip(LOSS_NAMES, means.tolist()))
         bad = [(name, value) for name, value in means.items() if not math.isfinite(value)]
         if bad:
             name, value = bad[0]
@@ -471,14 +349,15 @@ class TrainingRecord:
             checkpoint = os.path.join(self.output, "checkpoint.pth")
             kept = (f"so {checkpoint} keeps the last good state" if os.path.exists(checkpoint)
                     else "and no checkpoint had been saved yet")
-            raise RunFailure(f"{name} became {value} {when} (epoch {at.epoch + 1}); stopped without saving, {kept}; "
-                             "try a lower --lr")
+            raise RunFailure(f"{name} became {value} {when} (epoch {at.epoch + 1}); stopped "
+                             f"without saving, {kept}; try a lower --lr")
         self.read_at = at.iteration
-        return means, stops > 0
+        return means
 
     def flush(self, at, lr, means):
         """A row of losses.csv and visdom: the means that `read` returned, and the lr."""
-        row = {"iteration": at.iteration, "epoch": at.epoch + 1, **means, "lr": lr, "seconds": round(self.seconds(), 3)}
+        row = {"iteration": at.iteration, "epoch": at.epoch + 1, **means, "lr": lr,
+               "seconds": round(self.seconds(), 3)}
         if self.writes:
             self.log.append(row)
         if self.dashboard:
@@ -491,31 +370,14 @@ class TrainingRecord:
         if self.dashboard:
             self.dashboard.show(visuals_grid(visuals), " | ".join(VISUAL_NAMES))
 
-    def evaluate(self, args, at, device):
-        """FID and KID of the weights saved at the end of an epoch (evaluate.py, in its own
-        process) into metrics.csv and visdom; best/ gets the weights when their mean FID is
-        the lowest so far. A failed evaluation is a warning: training goes on."""
-        epoch = at.epoch  # the epochs done, counted from 1
-        inception = ["--inception", args.inception] if args.inception else []
-        status, error = run_sibling("evaluate.py", "--dataroot", args.dataroot, "--weights", args.output,
-                                    "--device", device, "--json", os.path.join(args.output, "metrics.json"),
-                                    "--dims", args.eval_dims, *inception)
-        if status:
-            tqdm.write(f"warning: evaluation after epoch {epoch} failed: {error or status}", file=sys.stderr)
-            return
-        with open(os.path.join(args.output, "metrics.json")) as f:
-            report = json.load(f)
-        row = {"iteration": at.iteration, "epoch": epoch, "mean_fid": report["mean_fid"]}
-        for direction in ("A2B", "B2A"):
-            row.update({f"{key}_{direction}": report[direction][key] for key in ("fid", "kid", "kid_std")})
+    def add_metrics(self, row):
+        """A row of metrics.csv and the FID plot; returns whether its mean FID is the lowest
+        so far."""
         best = min((r["mean_fid"] for r in self.metrics.rows()), default=float("inf"))
         self.metrics.append(row)
-        tqdm.write(f"epoch {epoch}: FID A2B {row['fid_A2B']:.2f}, B2A {row['fid_B2A']:.2f}; KID x 1000 A2B "
-                   f"{row['kid_A2B'] * 1000:.2f}, B2A {row['kid_B2A'] * 1000:.2f}")
-        if row["mean_fid"] < best:
-            keep_best(args.output, row)
         if self.dashboard:
             self.dashboard.plot_fid(row)
+        return row["mean_fid"] < best
 
     def close(self):
         if self.dashboard:
@@ -530,7 +392,8 @@ class Launch:
     each process uses the GPU of its LOCAL_RANK."""
 
     def __init__(self, device_name):
-        self.rank, self.world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         self.writes = self.rank == 0  # rank 0 alone writes files and plots
         self.torchrun = "LOCAL_RANK" in os.environ
         self.device = pick_device(device_name)
@@ -541,7 +404,8 @@ class Launch:
             # Long enough for the processes that wait at a barrier while rank 0 runs an
             # --eval_every evaluation (NCCL's default is 10 minutes); torchrun itself ends the
             # group when a process dies.
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
+                                    timeout=datetime.timedelta(hours=2))
 
     def close(self):
         if self.torchrun and dist.is_initialized():
@@ -563,16 +427,16 @@ class Interrupted(Exception):
 
 def check_evaluation(args):
     """Fail at start-up, not after the first epochs, if --eval_every cannot work."""
-    import evaluate
     for domain in "AB":
         list_images(domain_dir(args.dataroot, "test", domain))
-    evaluate.inception_network(args.inception, torch.device("cpu"))
+    inception_network(args.inception, torch.device("cpu"))
 
 
 def training_images(args, checkpoint, launch):
     """The usable image paths of trainA and trainB; files that are not are listed once. Also
     refuses to start a new run over an existing one, and prepares --output."""
-    (paths_A, skipped_A), (paths_B, skipped_B) = (list_images(domain_dir(args.dataroot, "train", d)) for d in "AB")
+    (paths_A, skipped_A), (paths_B, skipped_B) = (
+        list_images(domain_dir(args.dataroot, "train", d)) for d in "AB")
     if launch.writes:
         report_skipped(skipped_A + skipped_B)
     if checkpoint is None and os.path.exists(os.path.join(args.output, "checkpoint.pth")):
@@ -586,9 +450,10 @@ def training_images(args, checkpoint, launch):
 
 
 def build_model(args, launch):
-    model = CycleGAN(device=launch.device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks, lr=args.lr,
-                     lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
-                     pool_size=args.pool_size, seed=args.seed, amp=use_amp(args.amp, launch.device),
+    model = CycleGAN(device=launch.device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks,
+                     lr=args.lr, lambda_cycle=args.lambda_cycle,
+                     lambda_identity=args.lambda_identity, pool_size=args.pool_size,
+                     seed=args.seed, amp=use_amp(args.amp, launch.device),
                      channels_last=args.channels_last, rank=launch.rank)
     if args.compile:
         # torch's C++ build helper warns about CUDA_HOME on machines without CUDA; harmless here.
@@ -602,10 +467,12 @@ def build_model(args, launch):
 
 def build_loader(args, launch, paths_A, paths_B):
     dataset = UnalignedDataset(paths_A, paths_B, args.load_size, args.size)
-    sampler = EpochSampler(len(paths_A), len(paths_B), args.seed, rank=launch.rank, world_size=launch.world_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                                         num_workers=args.workers, persistent_workers=args.workers > 0,
-                                         pin_memory=launch.device.type == "cuda", worker_init_fn=ignore_stop_signals)
+    sampler = EpochSampler(len(paths_A), len(paths_B), args.seed, rank=launch.rank,
+                           world_size=launch.world_size)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+        persistent_workers=args.workers > 0, pin_memory=launch.device.type == "cuda",
+        worker_init_fn=ignore_stop_signals)
     return sampler, loader
 
 
@@ -615,8 +482,9 @@ def epoch_bar(loader, at, args, launch):
     average over the last few iterations made the time left swing on a busy machine, and
     showed hours right after a resume, whose first iteration is slow."""
     done = at.pairs // (args.batch_size * launch.world_size)
-    return tqdm(loader, desc=f"epoch {at.epoch + 1}/{args.n_epochs}", initial=done, total=done + len(loader),
-                dynamic_ncols=True, smoothing=0, bar_format=BAR_FORMAT, disable=not launch.writes)
+    return tqdm(loader, desc=f"epoch {at.epoch + 1}/{args.n_epochs}", initial=done,
+                total=done + len(loader), dynamic_ncols=True, smoothing=0, bar_format=BAR_FORMAT,
+                disable=not launch.writes)
 
 
 def bar_losses(means):
@@ -625,38 +493,92 @@ def bar_losses(means):
     return f"G={means['loss_G']:.3g} D={means['loss_D']:.3g}" if means else ""
 
 
+def agree_to_stop(stop, launch, read_due):
+    """Whether to save and stop after this iteration. A single process stops as soon as it is
+    signalled. The processes of a torchrun launch must stop at the same iteration, so they
+    compare flags where all of them read the losses, and stop together if any was signalled."""
+    if not launch.torchrun:
+        return stop.received is not None
+    if not read_due:
+        return False
+    flags = torch.tensor([float(stop.received is not None)], device=launch.device)
+    dist.all_reduce(flags)
+    return flags.item() > 0
+
+
+def interrupted(run, stop, bar, at):
+    """The exception that ends a run stopped by a signal, once the bar shows the saved batch:
+    tqdm's count lags the batches it has handed out until it prints."""
+    bar.n = at.pairs // (run.args.batch_size * run.launch.world_size)
+    bar.close()
+    signum = stop.received or signal.SIGTERM  # another torchrun process was signalled
+    return Interrupted(f"train.py: {signum.name}: saved iteration {at.iteration} in "
+                       f"{run.args.output}; continue with --resume", 128 + signum)
+
+
 def train_epoch(run, bar, at, stop):
-    """Train on the batches of `bar`, the rest of epoch `at.epoch`, moving `at` along. On
-    SIGINT/SIGTERM, saves and raises Interrupted: at once in a single process, under
-    torchrun at the next read of the losses, where the processes agree to stop together."""
+    """Train on the batches of `bar`, the rest of epoch `at.epoch`; returns the Position at
+    its end. On SIGINT/SIGTERM, saves and raises Interrupted."""
     args, launch, model, record = run.args, run.launch, run.model, run.record
     lr = args.lr * linear_decay(at.epoch, args.n_epochs, args.decay_epoch)
     model.set_lr(lr)
-    stopping = False
     for data in bar:
-        record.add(model.update(data["A"], data["B"]))
-        at.iteration, at.pairs = at.iteration + 1, at.pairs + args.batch_size * launch.world_size
-        log_due, save_due = at.iteration % args.log_every == 0, at.iteration % args.save_every == 0
-        stop_now = stop.received and not launch.torchrun  # under torchrun, stop at a read all processes make
-        if log_due or save_due or stop_now or at.iteration % READ_EVERY == 0:
-            means, stopping = record.read(at, stop.received)
+        record.add(model.step(data["A"], data["B"]))
+        at = at.after_step(args.batch_size * launch.world_size)
+        log_due = at.iteration % args.log_every == 0
+        save_due = at.iteration % args.save_every == 0
+        read_due = log_due or save_due or at.iteration % READ_EVERY == 0
+        stopping = agree_to_stop(stop, launch, read_due)
+        if read_due or stopping:
+            means = record.read(at)
             bar.set_postfix_str(bar_losses(means), refresh=False)
             if log_due:
                 record.flush(at, lr, means)
         if at.iteration % args.sample_every == 0:
             record.sample(at.iteration, model.visuals)
         if save_due or stopping:
-            at.seconds = record.seconds()
+            at = dataclasses.replace(at, seconds=record.seconds())
             save_run(model, args, launch, at)
         if stopping:
-            # tqdm's count lags the batches it has handed out until it prints; close the bar at the
-            # batch just saved, so that it and the message below say the same.
-            bar.n = at.pairs // (args.batch_size * launch.world_size)
-            bar.close()
-            signum = stop.received or signal.SIGTERM  # another process was signalled
-            raise Interrupted(f"train.py: {signum.name}: saved iteration {at.iteration} in {args.output}; "
-                              "continue with --resume", 128 + signum)
-    record.read(at, stop.received)  # before the epoch-end checkpoint
+            raise interrupted(run, stop, bar, at)
+    record.read(at)  # the finiteness check, before the epoch-end checkpoint
+    return at
+
+
+def keep_best(output, row):
+    """Copy the generator and discriminator weights into best/, each file atomically."""
+    best = os.path.join(output, "best")
+    os.makedirs(best, exist_ok=True)
+    for name in ("G_A2B", "G_B2A", "D_A", "D_B"):
+        atomic_save(torch.load(os.path.join(output, f"net{name}.pth"), weights_only=True),
+                    os.path.join(best, f"net{name}.pth"))
+    atomic_write_text(json.dumps(row, indent=2) + "\n", os.path.join(best, "metrics.json"))
+
+
+def evaluate_epoch(args, at, device, record):
+    """FID and KID of the weights saved at the end of an epoch (evaluate.py, in its own
+    process) into metrics.csv and visdom; best/ gets the weights when their mean FID is the
+    lowest so far. A failed evaluation is a warning: training goes on."""
+    epochs_done = at.epoch  # at an epoch's end, Position.epoch is the next one, from 0
+    inception = ["--inception", args.inception] if args.inception else []
+    status, error = run_sibling("evaluate.py", "--dataroot", args.dataroot, "--weights",
+                                args.output, "--device", device, "--json",
+                                os.path.join(args.output, "metrics.json"), "--dims",
+                                args.eval_dims, *inception)
+    if status:
+        tqdm.write(f"warning: evaluation after epoch {epochs_done} failed: {error or status}",
+                   file=sys.stderr)
+        return
+    with open(os.path.join(args.output, "metrics.json")) as f:
+        report = json.load(f)
+    row = {"iteration": at.iteration, "epoch": epochs_done, "mean_fid": report["mean_fid"]}
+    for direction in ("A2B", "B2A"):
+        row.update({f"{key}_{direction}": report[direction][key]
+                    for key in ("fid", "kid", "kid_std")})
+    tqdm.write(f"epoch {epochs_done}: FID A2B {row['fid_A2B']:.2f}, B2A {row['fid_B2A']:.2f}; "
+               f"KID x 1000 A2B {row['kid_A2B'] * 1000:.2f}, B2A {row['kid_B2A'] * 1000:.2f}")
+    if record.add_metrics(row):
+        keep_best(args.output, row)
 
 
 def auto_bf16_note(args, device, amp_dtype):
@@ -666,11 +588,21 @@ def auto_bf16_note(args, device, amp_dtype):
     return f", as --amp auto chooses on CPUs with {cpu_bf16()}; --amp off for fp32"
 
 
+def start_line(args, launch, model, paths_A, paths_B, iterations):
+    processes = (f", {launch.world_size} process(es) x batch {args.batch_size} = global batch "
+                 f"{args.batch_size * launch.world_size}" if launch.torchrun else "")
+    precision = precision_name(model.amp_dtype) + auto_bf16_note(args, launch.device,
+                                                                 model.amp_dtype)
+    return (f"{len(paths_A)} A and {len(paths_B)} B images, {iterations} iterations per epoch"
+            f"{processes}, device {launch.device} ({precision}), output {args.output}")
+
+
 def train(args, checkpoint, launch):
     """Every epoch from where the run stands to --n_epochs, each ending with a checkpoint
     and, every --eval_every epochs, an evaluation."""
-    # Training crops all have one size, so cuDNN may pick the fastest algorithms once.
-    torch.backends.cudnn.benchmark = True
+    if launch.device.type == "cuda":
+        # Training crops all have one size, so cuDNN may pick the fastest algorithms once.
+        torch.backends.cudnn.benchmark = True
     paths_A, paths_B = training_images(args, checkpoint, launch)
     model = build_model(args, launch)
     at = restore(model, checkpoint, launch) if checkpoint else Position()
@@ -679,26 +611,25 @@ def train(args, checkpoint, launch):
     run = Run(args, launch, model, TrainingRecord(args, at, launch))
     sampler, loader = build_loader(args, launch, paths_A, paths_B)
     if launch.writes:
-        global_batch = args.batch_size * launch.world_size
-        processes = f", {launch.world_size} process(es) x batch {args.batch_size} = global batch {global_batch}"
-        print(f"{len(paths_A)} A and {len(paths_B)} B images, {math.ceil(len(sampler) / args.batch_size)} iterations "
-              f"per epoch{processes if launch.torchrun else ''}, device {launch.device} "
-              f"({precision_name(model.amp_dtype)}{auto_bf16_note(args, launch.device, model.amp_dtype)}), output {args.output}")
+        iterations = math.ceil(len(sampler) / args.batch_size)
+        print(start_line(args, launch, model, paths_A, paths_B, iterations))
     with StopSignals(second_quits=not launch.torchrun) as stop, contextlib.closing(run.record):
         while at.epoch < args.n_epochs:
             sampler.set_epoch(at.epoch, start=at.pairs)
             with epoch_bar(loader, at, args, launch) as bar:
-                train_epoch(run, bar, at, stop)
-            at = Position(at.epoch + 1, 0, at.iteration, run.record.seconds())
+                at = train_epoch(run, bar, at, stop)
+            at = dataclasses.replace(at.next_epoch(), seconds=run.record.seconds())
             save_run(model, args, launch, at)
             if args.eval_every and at.epoch % args.eval_every == 0:
                 if launch.writes:
-                    run.record.evaluate(args, at, launch.device)
+                    evaluate_epoch(args, at, launch.device, run.record)
                 if launch.world_size > 1:
                     dist.barrier()  # the others wait while rank 0 evaluates
     if launch.writes:
-        same = f"; the {launch.world_size} processes ended with identical weights" if launch.world_size > 1 else ""
-        print(f"done after {args.n_epochs} epoch(s) and {at.iteration} iterations{same}; weights in {args.output}")
+        same = (f"; the {launch.world_size} processes ended with identical weights"
+                if launch.world_size > 1 else "")
+        print(f"done after {args.n_epochs} epoch(s) and {at.iteration} iterations{same}; "
+              f"weights in {args.output}")
 
 
 def report(message, status, launch):
@@ -707,7 +638,8 @@ def report(message, status, launch):
     later ones are reported by every process that meets them, with its rank."""
     if launch is None:
         fail(f"train.py: {message}" if int(os.environ.get("LOCAL_RANK", 0)) == 0 else "", status)
-    fail(f"train.py (rank {launch.rank}): {message}" if launch.world_size > 1 else f"train.py: {message}", status)
+    prefix = f"train.py (rank {launch.rank})" if launch.world_size > 1 else "train.py"
+    fail(f"{prefix}: {message}", status)
 
 
 def main(argv=None):
@@ -724,16 +656,16 @@ def main(argv=None):
         message, status = e.args
         fail(message if launch.rank == 0 else "", status)  # the processes stopped together
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C
-        report("interrupted; files on disk are complete, continue with --resume if a checkpoint was saved",
-               130, launch)
-    except OSError as e:  # a full disk or a vanished folder while writing; files are written atomically
-        report(f"error: {e.strerror or e}: {e.filename or ''}; the last complete checkpoint is intact, "
-               "continue with --resume once this is fixed", 1, launch)
+        report("interrupted; files on disk are complete, continue with --resume if a checkpoint "
+               "was saved", 130, launch)
+    except OSError as e:  # a full disk or a vanished folder; files are written atomically
+        report(f"error: {e.strerror or e}: {e.filename or ''}; the last complete checkpoint is "
+               "intact, continue with --resume once this is fixed", 1, launch)
     except (dist.DistError, RuntimeError) as e:
         if not (launch and launch.torchrun):
             raise
-        report(f"error: {describe(e)}; under torchrun this usually means that another process stopped "
-               "first (see its message) or that the network failed", 1, launch)
+        report(f"error: {describe(e)}; under torchrun this usually means that another process "
+               "stopped first (see its message) or that the network failed", 1, launch)
     finally:
         if launch:
             launch.close()

@@ -7,6 +7,7 @@ import csv
 import io
 import math
 import os
+import platform
 import random
 import signal
 import subprocess
@@ -18,7 +19,6 @@ from PIL import Image, ImageDraw
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid
 from tqdm import tqdm
-
 
 # Errors and the command line
 
@@ -85,13 +85,15 @@ def default_workers():
 
 
 def add_device_argument(parser):
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (a CUDA GPU, else a Mac's GPU through MPS, else the CPU), cpu, "
+                        "cuda, cuda:N or mps (default: auto)")
 
 
 def add_workers_argument(parser, what):
     parser.add_argument("--workers", type=int, default=default_workers(),
-                        help=f"{what} worker processes; 0 loads in the main process (default: 4, or the CPU count "
-                        "if lower)")
+                        help=f"{what} worker processes; 0 loads in the main process (default: 4, "
+                        "or the CPU count if lower)")
 
 
 def default_output(dataroot):
@@ -100,14 +102,16 @@ def default_output(dataroot):
 
 
 def default_load_size(size):
-    """The paper's resize before the random crop: 286 for 256-pixel crops, in proportion for others."""
+    """The paper's resize before the random crop: 286 for 256-pixel crops, in proportion for
+    others."""
     return size * 286 // 256
 
 
 def run_sibling(script, *args):
     """Run another script of this repository with this Python; returns its exit status and
     the last line it wrote to stderr (its one-line error, if it failed)."""
-    command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), script), *map(str, args)]
+    here = os.path.dirname(os.path.abspath(__file__))
+    command = [sys.executable, os.path.join(here, script), *map(str, args)]
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines = done.stderr.strip().splitlines()
     return done.returncode, lines[-1] if lines else ""
@@ -116,33 +120,77 @@ def run_sibling(script, *args):
 # Devices and precision
 
 def pick_device(name):
-    """'auto' means CUDA when available; an explicit CUDA device must exist."""
+    """'auto' means a CUDA GPU, else Apple's MPS, else the CPU; an explicit device must exist."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N")
+        raise UserError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: this machine has no usable CUDA GPU; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-        if device.index is not None:
-            # Else CUDA's context, cuDNN's handles and plain .cuda() calls land on GPU 0 as well.
-            torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise UserError(f"--device {name}: not supported; use auto, cpu, cuda or cuda:N")
+        check_cuda(name, device)
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: {mps_unavailable()}; use --device cpu")
+    elif device.type not in ("cpu", "mps"):
+        raise UserError(f"--device {name}: not supported; use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
+def check_cuda(name, device):
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this machine has no usable CUDA GPU; use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.index is not None:
+        # Else CUDA's context, cuDNN's handles and plain .cuda() calls land on GPU 0 as well.
+        torch.cuda.set_device(device)
+
+
+def mps_unavailable():
+    """Why torch cannot use a Mac's GPU here, in torch's own terms."""
+    if not torch.backends.mps.is_built():
+        return "this PyTorch was built without MPS (Apple's Metal), so it cannot use a Mac's GPU"
+    if platform.system() != "Darwin":
+        return "MPS is Apple's Metal backend and runs on macOS only"
+    return ("torch.backends.mps.is_available() is False: MPS needs a Mac with Apple silicon (or "
+            "an AMD GPU) and macOS 12.3 or newer")
+
+
+def synchronize(device):
+    """Wait until the device has finished its queued work (for timing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def empty_cache(device):
+    """Give the memory the caching allocator holds back to the GPU."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def is_out_of_memory(error):
+    """CUDA raises torch.OutOfMemoryError; MPS a RuntimeError that says "MPS backend out of
+    memory"."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error))
+
+
 def add_amp_argument(parser, training=True):
-    what = ("mixed precision: bf16 autocast where the device supports it, else fp16 (training then scales "
-            "gradients); losses stay fp32. auto (the default) is on where bf16 runs natively: CUDA GPUs with bf16 "
-            "tensor cores, CPUs with AMX or AVX512-BF16; off elsewhere" if training else
-            "the generator in mixed precision: bf16 autocast where the device supports it, else fp16. auto (the "
-            "default) is on for CUDA GPUs with bf16 tensor cores, off elsewhere (CPUs translate in fp32)")
-    parser.add_argument("--amp", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+    what = ("mixed precision: bf16 autocast where the device supports it, else fp16 (training "
+            "then scales gradients); losses stay fp32. auto (the default) is on where bf16 runs "
+            "natively: CUDA GPUs with bf16 tensor cores, CPUs with AMX or AVX512-BF16; off "
+            "elsewhere (on MPS, on means fp16)" if training else
+            "the generator in mixed precision: bf16 autocast where the device supports it, else "
+            "fp16. auto (the default) is on for CUDA GPUs with bf16 tensor cores, off elsewhere "
+            "(CPUs translate in fp32; on MPS, on means fp16)")
+    parser.add_argument("--amp", nargs="?", const="on", default="auto",
+                        choices=("auto", "on", "off"),
                         help=f"{what}; --amp alone means on (see docs/benchmarks.md)")
 
 
@@ -158,8 +206,9 @@ def use_amp(choice, device, training=True):
 
 def native_bf16(device):
     """bf16 in hardware: tensor cores of CUDA compute capability 8.0 (Ampere) or newer, or a CPU
-    with bf16 instructions (`cpu_bf16`). Not torch.cuda.is_bf16_supported(), which also counts
-    emulation (T4, V100) and asks about the current device rather than this one."""
+    with bf16 instructions (`cpu_bf16`); not counted on MPS, whose bf16 needs macOS 14. Not
+    torch.cuda.is_bf16_supported(), which also counts emulation (T4, V100) and asks about the
+    current device rather than this one."""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device) >= (8, 0)
     return device.type == "cpu" and cpu_bf16() is not None
@@ -181,10 +230,11 @@ def precision_name(dtype):
 
 
 def amp_dtype(device):
-    """The --amp precision: bf16 where the device supports it, else fp16 (with gradient scaling)."""
+    """The --amp precision: bf16 where the device supports it, else fp16 (with gradient
+    scaling). On MPS fp16, the dtype of PyTorch's MPS autocast on every macOS it supports."""
     if device.type == "cuda":
         return torch.bfloat16 if native_bf16(device) else torch.float16
-    return torch.bfloat16
+    return torch.float16 if device.type == "mps" else torch.bfloat16
 
 
 # Training pieces
@@ -281,7 +331,8 @@ def download(url, path, hint):
                 start = 0
             total = start + int(response.headers.get("Content-Length") or 0)
             with open(part, "ab" if start else "wb") as f, tqdm(
-                    total=total or None, initial=start, unit="B", unit_scale=True, desc=os.path.basename(path)) as bar:
+                    total=total or None, initial=start, unit="B", unit_scale=True,
+                    desc=os.path.basename(path)) as bar:
                 while chunk := response.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))
@@ -292,8 +343,8 @@ def download(url, path, hint):
         reason = getattr(e, "reason", None) or e
         raise RunFailure(f"could not download {url} ({reason}); run again to continue; {hint}")
     if total and os.path.getsize(part) < total:  # the server closed the connection early
-        raise RunFailure(f"could not download {url} (cut off at {os.path.getsize(part)} of {total} bytes); "
-                         f"run again to continue; {hint}")
+        raise RunFailure(f"could not download {url} (cut off at {os.path.getsize(part)} of "
+                         f"{total} bytes); run again to continue; {hint}")
     os.replace(part, path)
 
 
@@ -362,18 +413,13 @@ def ignore_stop_signals(worker_id):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-# The run's record: the loss log and the sample grids
-
-LOSS_NAMES = ("loss_G", "loss_G_GAN", "loss_G_cycle", "loss_G_identity", "loss_D")
-
+# The run's record: the CSV logs and the sample grids
 
 class LossLog:
-    """A CSV log with a row per iteration it was written at: losses.csv (the mean losses over
-    each logging interval) by default, or other `fields`, as metrics.csv."""
+    """A CSV log of `fields` with a row per iteration it was written at: losses.csv (the mean
+    losses over each logging interval) or metrics.csv (FID and KID)."""
 
-    FIELDS = ("iteration", "epoch") + LOSS_NAMES + ("lr", "seconds")
-
-    def __init__(self, path, fields=FIELDS):
+    def __init__(self, path, fields):
         self.path, self.fields = path, fields
 
     def truncate_after(self, iteration):
@@ -391,7 +437,8 @@ class LossLog:
             return []
         with open(self.path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if _row_iteration(r, self.fields) < float("inf")]
-        return [{k: int(r[k]) if k in ("iteration", "epoch") else float(r[k]) for k in self.fields} for r in rows]
+        return [{k: int(r[k]) if k in ("iteration", "epoch") else float(r[k]) for k in self.fields}
+                for r in rows]
 
     def append(self, row):
         new = not os.path.exists(self.path)
@@ -434,7 +481,8 @@ def visuals_grid(visuals):
 def save_visuals(visuals, path, min_tile=128, label_height=16, gap=2):
     """The six images as a PNG, each under its name; small crops are enlarged (nearest
     neighbour) to at least `min_tile` pixels wide, so that a 64x64 sample can be seen."""
-    tiles = [to_pil_image((visuals[name][0].float().cpu() * 0.5 + 0.5).clamp(0, 1)) for name in VISUAL_NAMES]
+    tiles = [to_pil_image((visuals[name][0].float().cpu() * 0.5 + 0.5).clamp(0, 1))
+             for name in VISUAL_NAMES]
     scale = max(1, math.ceil(min_tile / tiles[0].width))
     width, height = tiles[0].width * scale, tiles[0].height * scale
     sheet = Image.new("RGB", (3 * width + 4 * gap, 2 * (label_height + height) + 3 * gap), "white")

@@ -42,20 +42,25 @@ def import_av():
     return av
 
 
-def translate_frames(video, generate, real_path, fake_path, batch_size, *, side_by_side=False, progress=None):
+def translate_frames(video, generate, real_path, fake_path, batch_size, *, side_by_side=False,
+                     progress=None):
     """Write each frame of `video` (a VideoReader) through `generate` (a batch of [-1, 1]
     frames to their translations, on the CPU) to fake_path, and the frames as they went in
     to real_path; with side_by_side, fake_path shows each input left of its translation.
     `progress` is called with the number of frames of each batch done."""
     width = 2 * video.width if side_by_side else video.width
     decoded = in_background(video.frames(), 2 * batch_size)
-    # closing(decoded) stops the decoding thread on any way out, before the caller closes the file.
+    # closing(decoded) stops the decoding thread on any way out, before the caller closes the
+    # file.
     try:
-        with (contextlib.closing(decoded), VideoWriter(real_path, video, video.width, video.height) as real,
-              VideoWriter(fake_path, video, width, video.height) as fake, ThreadPoolExecutor(max_workers=1) as encoder):
+        with (contextlib.closing(decoded),
+              VideoWriter(real_path, video, video.width, video.height) as real,
+              VideoWriter(fake_path, video, width, video.height) as fake,
+              ThreadPoolExecutor(max_workers=1) as encoder):
             pending = collections.deque()
             for frames, stamps in same_size_batches(decoded, batch_size):
-                fakes = ((generate(frames.float() / 127.5 - 1) + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
+                translated = generate(frames.float() / 127.5 - 1)
+                fakes = ((translated + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
                 if side_by_side:
                     fakes = torch.cat([frames, fakes], -1)
                 pending.append(encoder.submit(_encode, real, fake, frames, fakes, stamps))
@@ -153,7 +158,8 @@ class VideoReader:
         # its time base (1000/s).
         self.rate = self.stream.guessed_rate or self.stream.average_rate or Fraction(30)
         self.seconds = _stated_seconds(self.stream, self.time_base)
-        self.decoded, self.count, self.last, self.last_duration = self.container.decode(self.stream), 0, None, None
+        self.decoded = self.container.decode(self.stream)
+        self.count, self.last, self.last_duration = 0, None, None
         self.first = self._next()
         if self.first is None:
             raise VideoError("no video frames")
@@ -188,11 +194,13 @@ class VideoReader:
         """A file cut off in a container without an index (mkv, webm) decodes without an
         error: only its stated frame count or duration tells."""
         if self.count < self.stream.frames:
-            raise VideoError(f"truncated (only {self.count} of its {self.stream.frames} frames could be read)")
+            raise VideoError(f"truncated (only {self.count} of its {self.stream.frames} frames "
+                             "could be read)")
         shown = self.last_duration * self.time_base if self.last_duration else 1 / self.rate
         end = (self.last - (self.stream.start_time or 0)) * self.time_base + shown
         if self.seconds and end < self.seconds - max(2 / self.rate, self.seconds / 50):
-            raise VideoError(f"truncated (its frames end at {float(end):.2f} s of its {float(self.seconds):.2f} s)")
+            raise VideoError(f"truncated (its frames end at {float(end):.2f} s of its "
+                             f"{float(self.seconds):.2f} s)")
 
     def _next(self):
         try:
@@ -242,7 +250,8 @@ class VideoWriter:
 
     def __init__(self, path, source, width, height):
         av = import_av()
-        self.path, self.part, self.time_base, self.frame_type = path, path + ".part", source.time_base, av.VideoFrame
+        self.path, self.part = path, path + ".part"
+        self.time_base, self.frame_type = source.time_base, av.VideoFrame
         self.output = av.open(self.part, "w", format="mp4", options={"movflags": "+faststart"})
         self.video = self.output.add_stream("libx264", rate=source.rate, options={"crf": CRF})
         self.video.width, self.video.height = width, height
@@ -258,7 +267,8 @@ class VideoWriter:
 
     def write(self, image, time_stamp):
         """Encode one 3xHxW uint8 tensor, and the audio up to its time."""
-        frame = self.frame_type.from_ndarray(image.permute(1, 2, 0).contiguous().numpy(), format="rgb24")
+        pixels = image.permute(1, 2, 0).contiguous().numpy()
+        frame = self.frame_type.from_ndarray(pixels, format="rgb24")
         frame.pts, frame.time_base = time_stamp, self.time_base
         self.output.mux(self.video.encode(frame))
         if self.audio:
@@ -288,7 +298,8 @@ class AudioCopy:
         av = import_av()
         self.input = av.open(path)
         stream = self.input.streams.audio[0]
-        self.transcode = stream.codec_context.codec.canonical_name not in MP4_AUDIO  # .name says "mp3float"
+        # canonical_name, since .name says "mp3float"
+        self.transcode = stream.codec_context.codec.canonical_name not in MP4_AUDIO
         if self.transcode:
             # An .avi's audio comes as "2 channels", which the AAC encoder refuses: stereo.
             layout = {1: "mono", 2: "stereo"}.get(len(stream.layout.channels), stream.layout)
@@ -315,7 +326,9 @@ class AudioCopy:
             self.next = None
             if packet is None:
                 return
-            if seconds is not None and packet.dts is not None and (packet.pts or packet.dts) * packet.time_base >= seconds:
+            stamp = packet.pts or packet.dts
+            if (seconds is not None and packet.dts is not None
+                    and stamp * packet.time_base >= seconds):
                 self.next = packet
                 return
             yield packet

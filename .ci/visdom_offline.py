@@ -25,11 +25,11 @@ from dashboard import Dashboard  # noqa: E402
 
 LOSS_NAMES = ("loss_G", "loss_D")
 # As many options as train.py has, two of them long paths.
-OPTIONS = {**{f"option_{i}": i * 1000 for i in range(28)}, "dataroot": "/home/someone/datasets/" * 4,
-           "output": "/home/someone/output/horse2zebra"}
+OPTIONS = {**{f"option_{i}": i * 1000 for i in range(28)},
+           "dataroot": "/home/someone/datasets/" * 4, "output": "/home/someone/output/horse2zebra"}
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # Elements of the text pane that scroll or would need to, and its first option's name.
-TEXT_PANE = """const pane = document.querySelector('.content-text');
+TEXT_PANE = r"""const pane = document.querySelector('.content-text');
     if (!pane) return null;
     const scrolling = [pane, ...pane.querySelectorAll('*')]
         .filter(e => e.scrollTop > 0 || e.scrollHeight > e.clientHeight + 1).map(e => e.className);
@@ -43,8 +43,8 @@ def free_port():
 
 
 def start_server(port, env_path, log):
-    server = subprocess.Popen([sys.executable, "-m", "visdom.server", "-port", str(port), "-env_path", env_path],
-                              stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, "-m", "visdom.server", "-port", str(port), "-env_path", env_path]
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and server.poll() is None:
         with socket.socket() as s:
@@ -53,7 +53,8 @@ def start_server(port, env_path, log):
         time.sleep(0.2)
     server.kill()
     log.seek(0)
-    sys.exit(f"visdom_offline: visdom.server did not start; its last line: {log.read().splitlines()[-1:]}")
+    sys.exit("visdom_offline: visdom.server did not start; its last line: "
+             f"{log.read().splitlines()[-1:]}")
 
 
 def status(url):
@@ -70,13 +71,15 @@ def check_page(base):
     assets = sorted(set(re.findall(r"""(?:src|href)=["']?(/static/[^"'\s>]+)""", page)))
     assert any("plotly" in a for a in assets), f"the page links no plotly: {assets}"
     # Resolved as a browser does: the page's ../user/style.css link becomes /user/style.css.
-    failed = [(asset, code) for asset in assets if (code := status(urllib.parse.urljoin(base, asset))[0]) != 200]
+    codes = {asset: status(urllib.parse.urljoin(base, asset))[0] for asset in assets}
+    failed = [(asset, code) for asset, code in codes.items() if code != 200]
     assert not failed, f"assets that did not answer 200: {failed}"
     return len(assets)
 
 
 def check_dashboard(port):
-    rows = [{"iteration": i, "epoch": 1, **{n: 1.0 / i for n in LOSS_NAMES}, "lr": 2e-4} for i in (1, 2, 3)]
+    rows = [{"iteration": i, "epoch": 1, **{n: 1.0 / i for n in LOSS_NAMES}, "lr": 2e-4}
+            for i in (1, 2, 3)]
     dashboard = Dashboard("http://localhost", port, env="check", options=OPTIONS,
                           history=lambda: rows[:2], loss_names=LOSS_NAMES)
     dashboard.plot(rows[2])
@@ -84,11 +87,14 @@ def check_dashboard(port):
     dashboard.plot_fid({"epoch": 1, "fid_A2B": 100.0, "fid_B2A": 120.0, "mean_fid": 110.0})
     dashboard.close()
     viz = visdom.Visdom(port=port, env="check", use_incoming_socket=False)
-    windows = {win: json.loads(viz.get_window_data(win, env="check")) for win in (*LOSS_NAMES, "lr", "fid")}
+    windows = {win: json.loads(viz.get_window_data(win, env="check"))
+               for win in (*LOSS_NAMES, "lr", "fid")}
     for name in LOSS_NAMES:
-        assert [trace["x"] for trace in windows[name]["content"]["data"]] == [[1, 2, 3]] * 2, windows[name]
+        traces = windows[name]["content"]["data"]
+        assert [trace["x"] for trace in traces] == [[1, 2, 3]] * 2, windows[name]
     assert windows["lr"]["content"]["data"][0]["y"] == [2e-4] * 3
-    assert [trace["y"] for trace in windows["fid"]["content"]["data"]] == [[100.0], [120.0], [110.0]]
+    fid = [trace["y"] for trace in windows["fid"]["content"]["data"]]
+    assert fid == [[100.0], [120.0], [110.0]]
     for win, kind in (("images", "image"), ("options", "text")):
         assert json.loads(viz.get_window_data(win, env="check"))["type"] == kind, win
 
@@ -129,10 +135,11 @@ def main():
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(f"visdom_check: Python {sys.version.split()[0]}, visdom {visdom.__version__}, tornado {tornado.version}: "
-          f"with no network, the page and its {assets} assets answer 200, and the dashboard's plots, image "
-          "and options arrive" + ("; in Chromium, the options pane needs no scrolling" if browser else
-                                  " (Chromium or selenium missing: the options pane was not opened)"))
+    pane = ("; in Chromium, the options pane needs no scrolling" if browser
+            else " (Chromium or selenium missing: the options pane was not opened)")
+    print(f"visdom_check: Python {sys.version.split()[0]}, visdom {visdom.__version__}, tornado "
+          f"{tornado.version}: with no network, the page and its {assets} assets answer 200, and "
+          f"the dashboard's plots, image and options arrive{pane}")
 
 
 if __name__ == "__main__":

@@ -26,13 +26,17 @@ def fail(message):
 def spread(names, n):
     """n names spread evenly through the sorted list (all of them if there are fewer)."""
     names = sorted(names)
-    return names if len(names) <= n else [names[(2 * i + 1) * len(names) // (2 * n)] for i in range(n)]
+    if len(names) <= n:
+        return names
+    return [names[(2 * i + 1) * len(names) // (2 * n)] for i in range(n)]
 
 
 def panel_columns(results, domain, direction):
     """The folders of one direction's panel that exist, with their column titles."""
-    columns = [(f"real_{domain}", "input"), (direction, "translated"), (f"rec_{domain}", "reconstructed")]
-    return [(folder, title) for folder, title in columns if os.path.isdir(os.path.join(results, folder))]
+    columns = [(f"real_{domain}", "input"), (direction, "translated"),
+               (f"rec_{domain}", "reconstructed")]
+    return [(folder, title) for folder, title in columns
+            if os.path.isdir(os.path.join(results, folder))]
 
 
 def translations_figure(results, path, titles, n, cell, quality):
@@ -47,7 +51,8 @@ def translations_figure(results, path, titles, n, cell, quality):
     rows = max(len(names) for _, _, names in panels)
     gap, header = 4, 36
     widths = [len(columns) * (cell + gap) for _, columns, _ in panels]
-    sheet = Image.new("RGB", (sum(widths) + gap * (len(panels) + 1), header + rows * (cell + gap) + gap), "white")
+    size = (sum(widths) + gap * (len(panels) + 1), header + rows * (cell + gap) + gap)
+    sheet = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(sheet)
     x0 = gap
     for (title, columns, names), width in zip(panels, widths):
@@ -91,12 +96,13 @@ def losses_figure(csv_path, path, quality):
     ax.set_ylabel(f"mean loss over {iterations[0]} iterations")
     ax.grid(alpha=0.3)
     lr = ax.twinx()
-    lr.plot(iterations, [float(r["lr"]) for r in rows], color="gray", linestyle="--", linewidth=1, label="lr")
+    lr.plot(iterations, [float(r["lr"]) for r in rows], color="gray", linestyle="--", linewidth=1,
+            label="lr")
     lr.set_ylabel("learning rate")
     lr.set_ylim(bottom=0)
     lines = ax.get_legend_handles_labels()[0] + lr.get_legend_handles_labels()[0]
-    ax.legend(lines, [line.get_label() for line in lines], loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8,
-              ncol=5, frameon=False)
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper center",
+              bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=5, frameon=False)
     fig.tight_layout()
     fig.savefig(path, pil_kwargs={"quality": quality})
     plt.close(fig)
@@ -106,9 +112,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="README's Results figures from a training run.")
     p.add_argument("run", help="a train.py --output folder, with results/ written by test.py")
     p.add_argument("--results", help="test.py's results folder (default: RUN/results)")
-    p.add_argument("--out", default="docs/results", help="where the figures go (default: docs/results)")
+    p.add_argument("--out", default="docs/results",
+                   help="where the figures go (default: docs/results)")
     p.add_argument("--images", type=int, default=4, help="test inputs per direction (default: 4)")
-    p.add_argument("--cell", type=int, default=160, help="pixels per image in the figure (default: 160)")
+    p.add_argument("--cell", type=int, default=160,
+                   help="pixels per image in the figure (default: 160)")
     p.add_argument("--titles", nargs=2, default=("A2B: horse -> zebra", "B2A: zebra -> horse"),
                    metavar=("A2B", "B2A"), help="the two panels' titles (default: horse and zebra)")
     p.add_argument("--quality", type=int, default=85, help="JPEG quality (default: 85)")
@@ -119,9 +127,10 @@ def main(argv=None):
         fail(f"{args.run}: no such folder")
     os.makedirs(args.out, exist_ok=True)
     results = args.results or os.path.join(args.run, "results")
-    translations_figure(results, os.path.join(args.out, "translations.jpg"), args.titles, args.images, args.cell,
-                        args.quality)
-    losses_figure(os.path.join(args.run, "losses.csv"), os.path.join(args.out, "losses.jpg"), args.quality)
+    translations_figure(results, os.path.join(args.out, "translations.jpg"), args.titles,
+                        args.images, args.cell, args.quality)
+    losses_figure(os.path.join(args.run, "losses.csv"), os.path.join(args.out, "losses.jpg"),
+                  args.quality)
     print(f"figures in {args.out}: translations.jpg, losses.jpg")
 
 

@@ -100,7 +100,7 @@ say "| --- | --- | --- | --- |"
 say "$("$PYTHON" - "$device" "$size" "$amp_steps" "${tiny[@]}" <<'EOF'
 import math, sys
 import torch
-from train import CycleGAN
+from cyclegan import CycleGAN
 device, size, amp_steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 arch = {flag.lstrip("-"): int(value) for flag, value in zip(sys.argv[4::2], sys.argv[5::2])}
 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -109,7 +109,7 @@ batches = [[torch.rand(1, 3, size, size, generator=g) * 2 - 1 for _ in "AB"] for
 
 def losses(on, **options):
     model = CycleGAN(device=on, seed=0, **arch, **options)
-    return [model.step(*batch) for batch in batches]
+    return [model.step(*batch).floats() for batch in batches]
 
 def worst(a, b):
     return max(abs(x[k] - y[k]) / max(abs(y[k]), 1e-8) for x, y in zip(a, b) for k in x)
@@ -123,7 +123,7 @@ for dtype in (torch.bfloat16, torch.float16):
     model.amp_dtype = dtype  # both paths, whatever --amp auto would pick on this device
     model.scaler = torch.amp.GradScaler(model.device.type, enabled=dtype == torch.float16)
     before = [p.clone() for p in model.G_A2B.parameters()]
-    steps = [model.step(*batches[i % 2]) for i in range(amp_steps)]
+    steps = [model.step(*batches[i % 2]).floats() for i in range(amp_steps)]
     finite = all(math.isfinite(v) for s in steps for v in s.values())
     # fp16's gradient scaler skips the first steps, whose scaled gradients overflow; it must
     # find a scale that lets the weights move.

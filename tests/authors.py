@@ -66,10 +66,13 @@ class AuthorsCycleGAN:
         self.fake_A_pool = AuthorsPool(pool_size, random.Random(2 * seed))
         self.fake_B_pool = AuthorsPool(pool_size, random.Random(2 * seed + 1))
         device = next(ours.G_A2B.parameters()).device
-        self.criterionGAN, self.criterionCycle, self.criterionIdt = AuthorsGANLoss().to(device), nn.L1Loss(), nn.L1Loss()
-        self.optimizer_G = torch.optim.Adam(itertools.chain(self.netG_A.parameters(), self.netG_B.parameters()),
+        self.criterionGAN, self.criterionCycle, self.criterionIdt = (AuthorsGANLoss().to(device),
+                                                                     nn.L1Loss(), nn.L1Loss())
+        self.optimizer_G = torch.optim.Adam(itertools.chain(self.netG_A.parameters(),
+                                                            self.netG_B.parameters()),
                                             lr=2e-4, betas=(0.5, 0.999))
-        self.optimizer_D = torch.optim.Adam(itertools.chain(self.netD_A.parameters(), self.netD_B.parameters()),
+        self.optimizer_D = torch.optim.Adam(itertools.chain(self.netD_A.parameters(),
+                                                            self.netD_B.parameters()),
                                             lr=2e-4, betas=(0.5, 0.999))
 
     def set_requires_grad(self, nets, requires_grad):
@@ -78,7 +81,8 @@ class AuthorsCycleGAN:
                 param.requires_grad = requires_grad
 
     def backward_D_basic(self, netD, real, fake):
-        loss_D = (self.criterionGAN(netD(real), True) + self.criterionGAN(netD(fake.detach()), False)) * 0.5
+        loss_D = (self.criterionGAN(netD(real), True)
+                  + self.criterionGAN(netD(fake.detach()), False)) * 0.5
         loss_D.backward()
         return loss_D
 
@@ -91,9 +95,11 @@ class AuthorsCycleGAN:
         self.set_requires_grad([self.netD_A, self.netD_B], False)
         self.optimizer_G.zero_grad()
         self.idt_A = self.netG_A(self.real_B)
-        self.loss_idt_A = self.criterionIdt(self.idt_A, self.real_B) * self.lambda_B * self.lambda_idt
+        self.loss_idt_A = (self.criterionIdt(self.idt_A, self.real_B)
+                           * self.lambda_B * self.lambda_idt)
         self.idt_B = self.netG_B(self.real_A)
-        self.loss_idt_B = self.criterionIdt(self.idt_B, self.real_A) * self.lambda_A * self.lambda_idt
+        self.loss_idt_B = (self.criterionIdt(self.idt_B, self.real_A)
+                           * self.lambda_A * self.lambda_idt)
         self.loss_G_A = self.criterionGAN(self.netD_A(self.fake_B), True)
         self.loss_G_B = self.criterionGAN(self.netD_B(self.fake_A), True)
         self.loss_cycle_A = self.criterionCycle(self.rec_A, self.real_A) * self.lambda_A
@@ -104,19 +110,23 @@ class AuthorsCycleGAN:
         self.optimizer_G.step()
         self.set_requires_grad([self.netD_A, self.netD_B], True)
         self.optimizer_D.zero_grad()
-        self.loss_D_A = self.backward_D_basic(self.netD_A, self.real_B, self.fake_B_pool.query(self.fake_B))
-        self.loss_D_B = self.backward_D_basic(self.netD_B, self.real_A, self.fake_A_pool.query(self.fake_A))
+        self.loss_D_A = self.backward_D_basic(self.netD_A, self.real_B,
+                                              self.fake_B_pool.query(self.fake_B))
+        self.loss_D_B = self.backward_D_basic(self.netD_B, self.real_A,
+                                              self.fake_A_pool.query(self.fake_A))
         self.optimizer_D.step()
 
 
 def main():
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from benchmark import check_args, summary, timed
-    from train import CycleGAN
+    from cyclegan import CycleGAN
     from utils import ArgumentParser, UserError, fail, pick_device
-    p = ArgumentParser(description="Time the authors' training step (fp32, as theirs) on synthetic images.")
+    p = ArgumentParser(description="Time the authors' training step (fp32, as theirs) "
+                                   "on synthetic images.")
     for name, default in (("size", 128), ("batch_size", 1), ("warmup", 2), ("iters", 10)):
-        p.add_argument(f"--{name}", type=int, default=default, help=f"as benchmark.py (default: {default})")
+        p.add_argument(f"--{name}", type=int, default=default,
+                       help=f"as benchmark.py (default: {default})")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     args = p.parse_args()
     try:
@@ -128,12 +138,15 @@ def main():
     ours = CycleGAN(device=device)
     theirs = AuthorsCycleGAN(ours, pool_size=50)
     g = torch.Generator().manual_seed(0)
-    real_A, real_B = (torch.rand(args.batch_size, 3, args.size, args.size, generator=g).to(device) * 2 - 1
-                      for _ in "AB")
-    times = summary(timed(lambda: theirs.optimize_parameters(real_A, real_B), device, args.warmup, args.iters))
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    real_A, real_B = (torch.rand(args.batch_size, 3, args.size, args.size, generator=g).to(device)
+                      * 2 - 1 for _ in "AB")
+    times = summary(timed(lambda: theirs.optimize_parameters(real_A, real_B), device, args.warmup,
+                          args.iters))
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"cpu ({torch.get_num_threads()} threads)")
     print(f"authors' step, {where}, size {args.size}, batch {args.batch_size}: "
-          f"{times['median']:.4f} s/iteration median (min {times['min']:.4f}, max {times['max']:.4f}, n {times['n']})")
+          f"{times['median']:.4f} s/iteration median "
+          f"(min {times['min']:.4f}, max {times['max']:.4f}, n {times['n']})")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def make_dataset(root, counts=None, size=(40, 40)):
     for folder, n in counts.items():
         for i in range(n):
             image_size = size if folder.startswith("train") else (50 + i, 37 + 2 * i)
-            write_image(os.path.join(root, folder, f"{folder}_{i}.png"), image_size, seed=sum(map(ord, folder)) * 100 + i)
+            write_image(os.path.join(root, folder, f"{folder}_{i}.png"), image_size,
+                        seed=sum(map(ord, folder)) * 100 + i)
     return str(root)
 
 
@@ -150,10 +151,12 @@ def start_visdom_server(port, env_path, module=False):
     default it starts without visdom's check for web assets (the page is not needed);
     `module=True` runs `python -m visdom.server` exactly as a user would."""
     if module:
-        command = [sys.executable, "-m", "visdom.server", "-port", str(port), "-env_path", str(env_path)]
+        command = [sys.executable, "-m", "visdom.server", "-port", str(port),
+                   "-env_path", str(env_path)]
     else:
         command = [sys.executable, "-c", "import sys; from visdom.server.run_server import main; "
-                   f"sys.argv = ['visdom', '-port', '{port}', '-env_path', sys.argv[1]]; main()", str(env_path)]
+                   f"sys.argv = ['visdom', '-port', '{port}', '-env_path', sys.argv[1]]; main()",
+                   str(env_path)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -188,7 +191,8 @@ class FileServer:
                 if data is None:
                     self.send_error(404)
                     return
-                start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+                start = (int(self.headers["Range"].split("=")[1].split("-")[0])
+                         if self.headers.get("Range") else 0)
                 if start >= len(data):
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{len(data)}")
@@ -242,21 +246,25 @@ def dataset_zip(name, counts=None):
         for folder, n in counts.items():
             for i in range(n):
                 image = io.BytesIO()
-                Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(image, "JPEG")
+                Image.fromarray(
+                    np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+                ).save(image, "JPEG")
                 z.writestr(f"{name}/{folder}/{i}.jpg", image.getvalue())
     return buffer.getvalue()
 
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-quic", "--window-size=1600,1500")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--disable-quic", "--window-size=1600,1500")
 
 
 @pytest.fixture
 def browser(tmp_path):
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    webdriver = pytest.importorskip("selenium.webdriver",
+                                    reason="selenium is not installed (pip install selenium)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):

@@ -2,6 +2,7 @@
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,8 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import (ROOT, TINY, WEIGHTS, assert_same_weights, assert_user_error, free_port, load_script,
-                      make_dataset, run_script, save_generator, start_visdom_server, stop, write_image)
+from conftest import (ROOT, TINY, WEIGHTS, assert_same_weights, assert_user_error, free_port,
+                      load_script, make_dataset, run_script, save_generator, start_visdom_server,
+                      stop, write_image)
+from models import Generator
+
+DATA = os.path.join(ROOT, "tests", "data")
 
 
 
@@ -28,42 +33,54 @@ def read_losses(output):
 
 def test_two_epochs_of_training_then_translation_end_to_end(dataset, tmp_path):
     out = str(tmp_path / "run")
-    result = run_script("train.py", "--dataroot", dataset, "--output", out, *TINY, "--n_epochs", "2",
-                        "--log_every", "2", "--sample_every", "5", "--save_every", "4", in_process=False)
+    result = run_script("train.py", "--dataroot", dataset, "--output", out, *TINY,
+                        "--n_epochs", "2", "--log_every", "2", "--sample_every", "5",
+                        "--save_every", "4", in_process=False)
     assert result.returncode == 0, result.stderr
-    assert set(WEIGHTS) | {"checkpoint.pth", "options.json", "losses.csv", "samples"} <= set(os.listdir(out))
+    assert (set(WEIGHTS) | {"checkpoint.pth", "options.json", "losses.csv", "samples"}
+            <= set(os.listdir(out)))
     rows = read_losses(out)
     assert [int(r["iteration"]) for r in rows] == [2, 4, 6, 8, 10, 12, 14]  # 7 iterations per epoch
     assert [int(r["epoch"]) for r in rows] == [1, 1, 1, 2, 2, 2, 2]
-    assert float(rows[0]["lr"]) == pytest.approx(2e-4) and float(rows[-1]["lr"]) == pytest.approx(1e-4)
-    assert sorted(os.listdir(os.path.join(out, "samples"))) == ["iter_0000005.png", "iter_0000010.png"]
+    assert (float(rows[0]["lr"]) == pytest.approx(2e-4)
+            and float(rows[-1]["lr"]) == pytest.approx(1e-4))
+    assert (sorted(os.listdir(os.path.join(out, "samples")))
+            == ["iter_0000005.png", "iter_0000010.png"])
     # six labelled 32x32 samples, enlarged 4 times: 3 x 128 + 4 x 2 by 2 x (16 + 128) + 3 x 2 pixels
     assert Image.open(os.path.join(out, "samples", "iter_0000005.png")).size == (392, 294)
     checkpoint = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=True)
-    assert (checkpoint["epoch"], checkpoint["position"], checkpoint["iteration"]) == (2, 0, 14)
+    assert (checkpoint["epoch"], checkpoint["pairs"], checkpoint["iteration"]) == (2, 0, 14)
 
     results = str(tmp_path / "results")
     result = run_script("test.py", "--dataroot", dataset, "--weights", out, "--results", results,
-                        "--ngf", "8", "--n_blocks", "2", "--device", "cpu", "--workers", "0", in_process=False)
+                        "--ngf", "8", "--n_blocks", "2", "--device", "cpu", "--workers", "0",
+                        in_process=False)
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(os.path.join(results, "A2B"))) == ["testA_0.png", "testA_1.png", "testA_2.png"]
+    assert (sorted(os.listdir(os.path.join(results, "A2B")))
+            == ["testA_0.png", "testA_1.png", "testA_2.png"])
     assert sorted(os.listdir(os.path.join(results, "B2A"))) == ["testB_0.png", "testB_1.png"]
     for i in range(3):  # native sizes, not squashed to the training size
-        assert Image.open(os.path.join(results, "A2B", f"testA_{i}.png")).size == (50 + i, 37 + 2 * i)
+        assert (Image.open(os.path.join(results, "A2B", f"testA_{i}.png")).size
+                == (50 + i, 37 + 2 * i))
     page = open(os.path.join(results, "index.html")).read()
     assert "src='real_A/testA_1.png'" in page and "src='A2B/testA_1.png'" in page
     assert "src='real_B/testB_0.png'" in page and "src='B2A/testB_0.png'" in page
 
 
-def test_results_default_to_the_weights_folder_and_the_architecture_to_the_weights(dataset, tmp_path):
+def test_results_default_to_the_weights_folder_and_the_architecture_to_the_weights(dataset,
+                                                                                   tmp_path):
     out = str(tmp_path / "run")
     assert train(dataset, out, "--n_epochs", "1").returncode == 0  # --ngf 8 --n_blocks 2
-    result = run_script("test.py", "--dataroot", dataset, "--weights", out, "--direction", "B2A", "--workers", "0")
+    result = run_script("test.py", "--dataroot", dataset, "--weights", out, "--direction", "B2A",
+                        "--workers", "0")
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(os.path.join(out, "results"))) == ["B2A", "index.html", "real_B", "rec_B"]
-    result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights", out, "--workers", "0")
+    assert (sorted(os.listdir(os.path.join(out, "results")))
+            == ["B2A", "index.html", "real_B", "rec_B"])
+    result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights", out,
+                        "--workers", "0")
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(os.path.join(out, "results_testA", "A2B"))) == ["testA_0.png", "testA_1.png", "testA_2.png"]
+    assert (sorted(os.listdir(os.path.join(out, "results_testA", "A2B")))
+            == ["testA_0.png", "testA_1.png", "testA_2.png"])
 
 
 def test_inputs_sharing_a_stem_keep_their_extension_in_the_output_name():
@@ -79,21 +96,26 @@ def test_decay_starts_after_half_the_epochs_and_never_before_the_first_ends(n_ep
     assert linear_decay(0, args.n_epochs, args.decay_epoch) == 1  # a 1-epoch trial trains at --lr
 
 
-def test_resume_with_fewer_epochs_than_the_saved_decay_says_where_the_value_came_from(dataset, tmp_path):
+def test_resume_with_fewer_epochs_than_the_saved_decay_says_where_the_value_came_from(dataset,
+                                                                                     tmp_path):
     out = str(tmp_path / "run")
     assert train(dataset, out, "--n_epochs", "4").returncode == 0
-    result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume", "--n_epochs", "1")
+    result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume",
+                        "--n_epochs", "1")
     assert_user_error(result, "--decay_epoch 2", "options not given again are the checkpoint's")
 
 
-def test_run_killed_mid_training_then_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path, single_thread):
+def test_run_killed_mid_training_then_resumed_ends_bit_identical_to_an_uninterrupted_run(
+        tmp_path, single_thread):
     data = make_dataset(tmp_path / "data", {"trainA": 12, "trainB": 9})
-    options = ["--n_epochs", "3", "--decay_epoch", "1", "--save_every", "2", "--pool_size", "3", "--log_every", "1"]
+    options = ["--n_epochs", "3", "--decay_epoch", "1", "--save_every", "2", "--pool_size", "3",
+               "--log_every", "1"]
     straight = str(tmp_path / "straight")
     assert train(data, straight, *options).returncode == 0
 
     killed = str(tmp_path / "killed")
-    command = [sys.executable, os.path.join(ROOT, "train.py"), "--dataroot", data, "--output", killed, *TINY, *options]
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "--dataroot", data,
+               "--output", killed, *TINY, *options]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = os.path.join(killed, "checkpoint.pth")
     while not os.path.exists(checkpoint) and proc.poll() is None:
@@ -103,19 +125,23 @@ def test_run_killed_mid_training_then_resumed_ends_bit_identical_to_an_uninterru
     stopped_at = torch.load(checkpoint, weights_only=True)["iteration"]
     assert stopped_at < 36, "the run finished before it could be killed"
 
-    resumed = run_script("train.py", "--dataroot", data, "--output", killed, "--resume", in_process=False)
+    resumed = run_script("train.py", "--dataroot", data, "--output", killed, "--resume",
+                         in_process=False)
     assert resumed.returncode == 0, resumed.stderr
     assert f"iteration {stopped_at}" in resumed.stdout
     assert_same_weights(straight, killed)
-    without_time = [{k: v for k, v in row.items() if k != "seconds"} for row in read_losses(straight)]
-    assert [{k: v for k, v in row.items() if k != "seconds"} for row in read_losses(killed)] == without_time
+    without_time = [{k: v for k, v in row.items() if k != "seconds"}
+                    for row in read_losses(straight)]
+    assert [{k: v for k, v in row.items() if k != "seconds"}
+            for row in read_losses(killed)] == without_time
 
 
 def test_resume_drops_log_rows_newer_than_the_checkpoint(dataset, tmp_path):
     out = str(tmp_path / "run")
     assert train(dataset, out, "--n_epochs", "1", "--log_every", "1").returncode == 0
     with open(os.path.join(out, "losses.csv"), "a") as f:
-        f.write("99,1,1,1,1,1,1,0.0002,1\n100,1,1,1")  # rows after the checkpoint, the last cut short
+        # rows after the checkpoint, the last cut short
+        f.write("99,1,1,1,1,1,1,0.0002,1\n100,1,1,1")
     assert run_script("train.py", "--dataroot", dataset, "--output", out, "--resume",
                       "--n_epochs", "2").returncode == 0
     assert [int(r["iteration"]) for r in read_losses(out)] == list(range(1, 15))
@@ -124,9 +150,11 @@ def test_resume_drops_log_rows_newer_than_the_checkpoint(dataset, tmp_path):
 def test_resume_keeps_the_options_of_the_run(dataset, tmp_path):
     out = str(tmp_path / "run")
     assert train(dataset, out, "--n_epochs", "1", "--lambda_cycle", "5").returncode == 0
-    assert run_script("train.py", "--dataroot", dataset, "--output", out, "--resume", "--n_epochs", "2").returncode == 0
+    assert run_script("train.py", "--dataroot", dataset, "--output", out, "--resume",
+                      "--n_epochs", "2").returncode == 0
     options = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=True)["options"]
-    assert (options["lambda_cycle"], options["n_epochs"], options["ngf"], options["size"]) == (5.0, 2, 8, 32)
+    assert (options["lambda_cycle"], options["n_epochs"], options["ngf"],
+            options["size"]) == (5.0, 2, 8, 32)
 
 
 
@@ -138,15 +166,40 @@ def test_checkpoints_keep_no_cuda_generator_state_and_resume_from_ones_that_do(d
     path = os.path.join(out, "checkpoint.pth")
     checkpoint = torch.load(path, weights_only=True)
     assert set(checkpoint["rng"]) == {"torch"}
-    checkpoint["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 8  # saved on an 8-GPU machine
+    # saved on an 8-GPU machine
+    checkpoint["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 8
     torch.save(checkpoint, path)
-    result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume", "--n_epochs", "2")
+    result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume",
+                        "--n_epochs", "2")
     assert result.returncode == 0, result.stderr
+
+def test_a_checkpoint_written_before_the_pairs_key_resumes_where_it_stopped(dataset, tmp_path):
+    """tests/data/checkpoint_6d34cb7.pth was written by train.py at commit 6d34cb7, when the
+    pairs of the epoch under way were kept under "position": conftest's dataset, --size 24
+    --ngf 4 --ndf 4 --n_blocks 1 --pool_size 2 --seed 5 --n_epochs 2 --amp off, stopped by
+    SIGINT at iteration 10, 3 pairs into epoch 2. That code's own --resume then ended with
+    the G_A2B in checkpoint_6d34cb7_resumed_G_A2B.pth."""
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(os.path.join(DATA, "checkpoint_6d34cb7.pth"), out / "checkpoint.pth")
+    result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "resuming at epoch 2, iteration 10" in result.stdout
+    assert "done after 2 epoch(s) and 14 iterations" in result.stdout
+    # Compared by what they compute: the biases before each InstanceNorm get no gradient
+    # beyond float rounding, so they may drift apart without changing any output.
+    probe = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    expected, resumed = Generator(ngf=4, n_blocks=1), Generator(ngf=4, n_blocks=1)
+    expected.load_state_dict(torch.load(os.path.join(DATA, "checkpoint_6d34cb7_resumed_G_A2B.pth")))
+    resumed.load_state_dict(torch.load(out / "netG_A2B.pth"))
+    torch.testing.assert_close(resumed(probe), expected(probe), rtol=1e-4, atol=1e-5)
+
 
 def test_resume_refuses_other_architecture_flags(dataset, tmp_path):
     out = str(tmp_path / "run")
     assert train(dataset, out, "--n_epochs", "1").returncode == 0
-    result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume", "--ngf", "16")
+    result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume",
+                        "--ngf", "16")
     assert_user_error(result, "--ngf 16 (checkpoint: 8)")
 
 
@@ -188,19 +241,22 @@ def test_missing_dataroot_is_a_user_error_from_the_real_command_line(tmp_path):
 
 def test_missing_domain_is_a_user_error_naming_the_layout(tmp_path):
     data = make_dataset(tmp_path / "data", {"trainA": 2})
-    assert_user_error(train(data, str(tmp_path / "run")), "trainB", "expected DIR/trainA and DIR/trainB")
+    assert_user_error(train(data, str(tmp_path / "run")), "trainB",
+                      "expected DIR/trainA and DIR/trainB")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_requested_without_cuda_is_a_user_error(dataset, tmp_path):
-    result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "run", "--device", "cuda")
+    result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "run",
+                        "--device", "cuda")
     assert_user_error(result, "--device cuda", "--device cpu")
 
 
 def test_unreachable_visdom_warns_once_and_training_goes_on(dataset, tmp_path):
     args = [a for a in TINY if a != "--no_visdom"]
     result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "run", *args,
-                        "--n_epochs", "2", "--log_every", "1", "--sample_every", "1", "--visdom_port", "9")
+                        "--n_epochs", "2", "--log_every", "1", "--sample_every", "1",
+                        "--visdom_port", "9")
     assert result.returncode == 0, result.stderr
     messages = re.findall(r"warning: .*", result.stderr)
     assert len(messages) == 1 and "python -m visdom.server -port 9" in messages[0], result.stderr
@@ -209,10 +265,10 @@ def test_unreachable_visdom_warns_once_and_training_goes_on(dataset, tmp_path):
 def test_help_explains_every_option():
     result = run_script("train.py", "--help")
     options = re.findall(r"^\s+(--\w+)", result.stdout, re.M)
-    assert {"--dataroot", "--output", "--n_epochs", "--decay_epoch", "--batch_size", "--lr", "--size",
-            "--load_size", "--lambda_cycle", "--lambda_identity", "--pool_size", "--ngf", "--ndf", "--n_blocks",
-            "--device", "--workers", "--seed", "--resume", "--no_visdom", "--visdom_server", "--visdom_port",
-            "--sample_every", "--save_every"} <= set(options)
+    assert {"--dataroot", "--output", "--n_epochs", "--decay_epoch", "--batch_size", "--lr",
+            "--size", "--load_size", "--lambda_cycle", "--lambda_identity", "--pool_size", "--ngf",
+            "--ndf", "--n_blocks", "--device", "--workers", "--seed", "--resume", "--no_visdom",
+            "--visdom_server", "--visdom_port", "--sample_every", "--save_every"} <= set(options)
     assert "default: 200" in result.stdout
 
 
@@ -229,7 +285,8 @@ def test_a_single_generator_file_translates_a_folder_of_photos(tmp_path):
 def test_one_image_file_as_input_is_translated_into_results_named_after_it(tmp_path):
     photo = write_image(str(tmp_path / "holiday.jpg"))
     weights = save_generator(tmp_path / "g.pth")
-    result = run_script("test.py", "--input", photo, "--weights", weights, "--workers", "0", "--device", "cpu")
+    result = run_script("test.py", "--input", photo, "--weights", weights, "--workers", "0",
+                        "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert os.listdir(tmp_path / "results_holiday" / "A2B") == ["holiday.png"]
 
@@ -237,14 +294,16 @@ def test_one_image_file_as_input_is_translated_into_results_named_after_it(tmp_p
 def test_one_file_that_is_neither_image_nor_video_is_a_user_error(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
-    result = run_script("test.py", "--input", notes, "--weights", save_generator(tmp_path / "g.pth"))
+    result = run_script("test.py", "--input", notes,
+                        "--weights", save_generator(tmp_path / "g.pth"))
     assert_user_error(result, f"{notes}: not an image or video file")
 
 
 def test_a_mistake_found_before_translating_leaves_no_results_folder(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = run_script("test.py", "--input", empty, "--weights", save_generator(tmp_path / "g.pth"),
+    result = run_script("test.py", "--input", empty,
+                        "--weights", save_generator(tmp_path / "g.pth"),
                         "--results", tmp_path / "out")
     assert_user_error(result, "no usable images or videos")
     assert not (tmp_path / "out").exists()
@@ -253,10 +312,12 @@ def test_a_mistake_found_before_translating_leaves_no_results_folder(tmp_path):
 def test_checkpoint_pth_is_accepted_as_weights(dataset, tmp_path):
     out = str(tmp_path / "run")
     assert train(dataset, out, "--n_epochs", "1").returncode == 0
-    result = run_script("test.py", "--dataroot", dataset, "--weights", os.path.join(out, "checkpoint.pth"),
-                        "--results", tmp_path / "res", "--ngf", "8", "--n_blocks", "2", "--workers", "0")
+    result = run_script("test.py", "--dataroot", dataset, "--weights",
+                        os.path.join(out, "checkpoint.pth"), "--results", tmp_path / "res",
+                        "--ngf", "8", "--n_blocks", "2", "--workers", "0")
     assert result.returncode == 0, result.stderr
-    assert len(os.listdir(tmp_path / "res" / "A2B")) == 3 and len(os.listdir(tmp_path / "res" / "B2A")) == 2
+    assert (len(os.listdir(tmp_path / "res" / "A2B")) == 3
+            and len(os.listdir(tmp_path / "res" / "B2A")) == 2)
 
 
 def test_a_generator_of_another_architecture_names_the_flags_that_fit(dataset, tmp_path):
@@ -273,19 +334,22 @@ def test_missing_weights_name_the_file(dataset, tmp_path):
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(dataset, tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights", tmp_path / "junk.pth")
+    result = run_script("test.py", "--input", os.path.join(dataset, "testA"),
+                        "--weights", tmp_path / "junk.pth")
     assert_user_error(result, "junk.pth", "not a weights file")
 
 
 def test_one_generator_file_for_both_directions_is_refused(dataset, tmp_path):
     weights = save_generator(tmp_path / "g.pth")
-    assert_user_error(run_script("test.py", "--dataroot", dataset, "--weights", weights), "--direction")
+    assert_user_error(run_script("test.py", "--dataroot", dataset, "--weights", weights),
+                      "--direction")
 
 
 def test_results_inside_the_input_folder_are_refused(dataset, tmp_path):
     weights = save_generator(tmp_path / "g.pth")
     folder = os.path.join(dataset, "testA")
-    result = run_script("test.py", "--input", folder, "--weights", weights, "--results", os.path.join(folder, "r"))
+    result = run_script("test.py", "--input", folder, "--weights", weights,
+                        "--results", os.path.join(folder, "r"))
     assert_user_error(result, "inside the input folder")
 
 
@@ -302,10 +366,12 @@ def test_visdom_gets_a_plot_per_loss_and_the_six_image_panel(dataset, tmp_path, 
     import visdom
     args = [a for a in TINY if a != "--no_visdom"]
     result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "myrun", *args,
-                        "--n_epochs", "1", "--log_every", "2", "--sample_every", "3", "--visdom_port", visdom_port)
+                        "--n_epochs", "1", "--log_every", "2", "--sample_every", "3",
+                        "--visdom_port", visdom_port)
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stderr
-    windows = json.loads(visdom.Visdom(port=visdom_port, use_incoming_socket=False).get_window_data(env="myrun"))
+    windows = json.loads(visdom.Visdom(port=visdom_port, use_incoming_socket=False)
+                         .get_window_data(env="myrun"))
     for name in ("loss_G", "loss_G_GAN", "loss_G_cycle", "loss_G_identity", "loss_D"):
         traces = windows[name]["content"]["data"]
         assert [t["name"] for t in traces] == [name, f"{name} (smoothed)"]
@@ -324,37 +390,49 @@ def test_test_py_rejects_impossible_numbers(dataset, tmp_path, flags):
 
 
 def test_worker_processes_do_not_change_what_is_learned(dataset, tmp_path, single_thread):
-    common = ["--dataroot", dataset, "--size", "32", "--ngf", "8", "--ndf", "8", "--n_blocks", "2", "--device", "cpu",
-              "--no_visdom", "--n_epochs", "2"]
-    assert run_script("train.py", *common, "--output", tmp_path / "w0", "--workers", "0").returncode == 0
-    assert run_script("train.py", *common, "--output", tmp_path / "w2", "--workers", "2").returncode == 0
+    common = ["--dataroot", dataset, "--size", "32", "--ngf", "8", "--ndf", "8",
+              "--n_blocks", "2", "--device", "cpu", "--no_visdom", "--n_epochs", "2"]
+    assert run_script("train.py", *common, "--output", tmp_path / "w0",
+                      "--workers", "0").returncode == 0
+    assert run_script("train.py", *common, "--output", tmp_path / "w2",
+                      "--workers", "2").returncode == 0
     assert_same_weights(tmp_path / "w0", tmp_path / "w2")
 
 
-def test_a_photo_too_large_for_gpu_memory_is_translated_on_the_cpu_with_one_warning(monkeypatch, capsys):
+@pytest.mark.parametrize("out_of_memory", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("MPS backend out of memory (MPS allocated: 17.9 GB, other allocations: 1 MB)"),
+], ids=["cuda", "mps"])
+def test_a_photo_too_large_for_gpu_memory_is_translated_on_the_cpu_with_one_warning(
+        monkeypatch, capsys, out_of_memory):
     test_py = load_script("test.py")
     from models import Generator, translate
     G = Generator(ngf=8, n_blocks=1).eval()
 
-    def translate_within_memory(net, images):
+    def running_out_of_memory(net, images):
         if net is G and images.shape[-1] > 40:  # only the device's own copy runs out
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            raise out_of_memory
         return translate(net, images)
 
-    monkeypatch.setattr(test_py, "translate", translate_within_memory)
-    translator = test_py.Translator(G, None, torch.device("cpu"), amp=False)
+    monkeypatch.setattr(test_py, "translate", running_out_of_memory)
+    settings = test_py.Settings(results="", device=torch.device("cpu"), amp=False, batch_size=1,
+                                workers=0, side_by_side=False)
+    translator = test_py.Translator(G, None, settings)
     small, large = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 48, 64) * 2 - 1
     with torch.inference_mode():
         assert torch.equal(translator(small, ["small"])[0], translate(G, small))
         assert torch.equal(translator(large, ["large"])[0], translate(G, large))
-    assert capsys.readouterr().err.strip() == "warning: large (64x48) does not fit in cpu's memory; translated on the CPU"
+    assert capsys.readouterr().err.strip() == (
+        "warning: large (64x48) does not fit in cpu's memory; translated on the CPU")
 
 
 @pytest.mark.parametrize("epoch,n_epochs,elapsed", [(0, 1, 17), (99, 200, 4000)])
-def test_the_progress_bar_keeps_its_bar_counts_and_time_left_at_80_columns(epoch, n_epochs, elapsed):
+def test_the_progress_bar_keeps_its_bar_counts_and_time_left_at_80_columns(epoch, n_epochs,
+                                                                           elapsed):
     train_py = load_script("train.py")
     from tqdm import tqdm
-    means = {"loss_G": 19.9081234, "loss_G_GAN": 3.3, "loss_G_cycle": 11.1, "loss_G_identity": 5.5, "loss_D": 3.1521}
+    means = {"loss_G": 19.9081234, "loss_G_GAN": 3.3, "loss_G_cycle": 11.1, "loss_G_identity": 5.5,
+             "loss_D": 3.1521}
     line = tqdm.format_meter(700, 1334, elapsed, ncols=80, prefix=f"epoch {epoch + 1}/{n_epochs}",
                              postfix=train_py.bar_losses(means), bar_format=train_py.BAR_FORMAT)
     assert len(line) <= 80, line
@@ -367,9 +445,11 @@ def test_the_progress_bar_keeps_its_bar_counts_and_time_left_at_80_columns(epoch
 def test_sample_grids_label_each_image_and_enlarge_small_crops(tmp_path):
     from utils import VISUAL_NAMES, save_visuals
     shades = dict(zip(VISUAL_NAMES, (-1.0, -0.6, -0.2, 0.2, 0.6, 1.0)))
-    save_visuals({name: torch.full((1, 3, 32, 48), shade) for name, shade in shades.items()}, tmp_path / "grid.png")
+    save_visuals({name: torch.full((1, 3, 32, 48), shade) for name, shade in shades.items()},
+                 tmp_path / "grid.png")
     sheet = np.asarray(Image.open(tmp_path / "grid.png").convert("L"), dtype=int)
-    assert sheet.shape == (2 * (16 + 96) + 3 * 2, 3 * 144 + 4 * 2)  # 48x32 tiles enlarged 3 times, to 144x96
+    # 48x32 tiles enlarged 3 times, to 144x96
+    assert sheet.shape == (2 * (16 + 96) + 3 * 2, 3 * 144 + 4 * 2)
     for i, name in enumerate(VISUAL_NAMES):
         x, y = 2 + (i % 3) * (144 + 2), 2 + (i // 3) * (16 + 96 + 2)
         label, tile = sheet[y:y + 16, x:x + 144], sheet[y + 16:y + 16 + 96, x:x + 144]
@@ -389,8 +469,9 @@ def other_implementations_generator(ngf, n_blocks, block_name, affine):
     class Residual(nn.Module):
         def __init__(self, c):
             super().__init__()
-            setattr(self, block_name, nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), norm(c), nn.ReLU(True),
-                                                    nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), norm(c)))
+            setattr(self, block_name,
+                    nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), norm(c), nn.ReLU(True),
+                                  nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), norm(c)))
 
         def forward(self, x):
             return x + getattr(self, block_name)(x)
@@ -403,8 +484,8 @@ def other_implementations_generator(ngf, n_blocks, block_name, affine):
                 layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), norm(2 * c), nn.ReLU(True)]
             layers += [Residual(4 * ngf) for _ in range(n_blocks)]
             for c in (4 * ngf, 2 * ngf):
-                layers += [nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1), norm(c // 2),
-                           nn.ReLU(True)]
+                layers += [nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1),
+                           norm(c // 2), nn.ReLU(True)]
             layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
             self.model = nn.Sequential(*layers)
 
@@ -414,11 +495,13 @@ def other_implementations_generator(ngf, n_blocks, block_name, affine):
     return Net().eval()
 
 
-def test_a_generator_saved_by_aitorzips_pytorch_cyclegan_loads_unchanged_and_translates_alike(dataset, tmp_path):
+def test_a_generator_saved_by_aitorzips_pytorch_cyclegan_loads_unchanged_and_translates_alike(
+        dataset, tmp_path):
     from models import Generator
     theirs = other_implementations_generator(8, 2, "conv_block", affine=False)
     torch.save(theirs.state_dict(), tmp_path / "netG_A2B.pth")
-    result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights", tmp_path / "netG_A2B.pth",
+    result = run_script("test.py", "--input", os.path.join(dataset, "testA"),
+                        "--weights", tmp_path / "netG_A2B.pth",
                         "--results", tmp_path / "res", "--workers", "0")
     assert result.returncode == 0, result.stderr
     ours = Generator(ngf=8, n_blocks=2).eval()
@@ -433,6 +516,8 @@ def test_a_generator_in_another_layout_says_how_it_differs(dataset, tmp_path):
     torch.save(other.state_dict(), tmp_path / "G_A2B_epoch33.pth")
     result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights",
                         tmp_path / "G_A2B_epoch33.pth", "--results", tmp_path / "res")
-    assert_user_error(result, "holds a generator in another layout (residual blocks under model.10.block; "
-                      "InstanceNorm with affine weights (model.2.weight))", "test.py reads the authors' layout")
+    assert_user_error(result,
+                      "holds a generator in another layout (residual blocks under model.10.block; "
+                      "InstanceNorm with affine weights (model.2.weight))",
+                      "test.py reads the authors' layout")
     assert "--n_blocks 0" not in result.stderr

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT, TINY, free_port, run_script, start_visdom_server, stop
 from dashboard import Dashboard, options_table
-from utils import LOSS_NAMES
+from cyclegan import LOSS_NAMES
 
 
 @pytest.fixture
@@ -21,7 +21,8 @@ def fast_retries(monkeypatch):
 
 
 def row(iteration):
-    return {"iteration": iteration, "epoch": 1, **{name: 1.0 / iteration for name in LOSS_NAMES}, "lr": 2e-4}
+    return {"iteration": iteration, "epoch": 1, **{name: 1.0 / iteration for name in LOSS_NAMES},
+            "lr": 2e-4}
 
 
 class Run:
@@ -40,7 +41,8 @@ class Run:
 def plotted(port, window="loss_G"):
     import visdom
     viz = visdom.Visdom(port=port, env="run", use_incoming_socket=False)
-    return [trace["x"] for trace in json.loads(viz.get_window_data(window, env="run"))["content"]["data"]]
+    return [trace["x"]
+            for trace in json.loads(viz.get_window_data(window, env="run"))["content"]["data"]]
 
 
 def test_a_server_started_after_training_gets_the_whole_history(tmp_path, fast_retries, capsys):
@@ -59,13 +61,14 @@ def test_a_server_started_after_training_gets_the_whole_history(tmp_path, fast_r
         stop(server)
     printed = capsys.readouterr()
     assert printed.err.count("no visdom server answers") == 1
-    assert "visdom: answers at" in printed.out and "again" not in printed.out  # it had never answered
+    # it had never answered
+    assert "visdom: answers at" in printed.out and "again" not in printed.out
     assert "visdom: answers" not in printed.err and "warning: visdom answers" not in printed.err
 
 
 
-def test_the_dashboard_prints_where_the_runs_plots_are_once_and_plots_lr_on_a_log_axis(tmp_path, fast_retries,
-                                                                                       capsys):
+def test_the_dashboard_prints_where_the_runs_plots_are_once_and_plots_lr_on_a_log_axis(
+        tmp_path, fast_retries, capsys):
     port = free_port()
     server = start_visdom_server(port, tmp_path / "env")
     try:
@@ -74,13 +77,17 @@ def test_the_dashboard_prints_where_the_runs_plots_are_once_and_plots_lr_on_a_lo
         run.log(2)
         run.dashboard.close()
         import visdom
-        lr = json.loads(visdom.Visdom(port=port, env="run", use_incoming_socket=False).get_window_data("lr", env="run"))
+        lr = json.loads(visdom.Visdom(port=port, env="run", use_incoming_socket=False)
+                        .get_window_data("lr", env="run"))
     finally:
         stop(server)
-    assert lr["content"]["layout"]["yaxis"]["type"] == "log"  # 2e-4 on a linear -1..1 axis reads as 0
-    assert capsys.readouterr().out.count(f"visdom: this run's plots are at http://localhost:{port}/env/run\n") == 1
+    # 2e-4 on a linear -1..1 axis reads as 0
+    assert lr["content"]["layout"]["yaxis"]["type"] == "log"
+    assert capsys.readouterr().out.count("visdom: this run's plots are at "
+                                         f"http://localhost:{port}/env/run\n") == 1
 
-def test_a_server_that_restarts_mid_run_gets_the_whole_history_again(tmp_path, fast_retries, capsys):
+def test_a_server_that_restarts_mid_run_gets_the_whole_history_again(tmp_path, fast_retries,
+                                                                     capsys):
     port = free_port()
     server = start_visdom_server(port, tmp_path / "first")
     run = Run(port)
@@ -123,12 +130,14 @@ def test_a_resumed_run_shows_the_whole_run_on_a_server_that_lost_it(dataset, tmp
         server = start_visdom_server(port, tmp_path / env)
         try:
             resume = ["--resume"] if epochs == "2" else []
-            result = run_script("train.py", "--dataroot", dataset, "--output", output, *args, *resume,
-                                "--n_epochs", epochs, "--log_every", "2", "--visdom_port", port)
+            result = run_script("train.py", "--dataroot", dataset, "--output", output, *args,
+                                *resume, "--n_epochs", epochs, "--log_every", "2",
+                                "--visdom_port", port)
             assert result.returncode == 0, result.stderr
             assert "warning" not in result.stderr
             import visdom
-            windows = json.loads(visdom.Visdom(port=port, use_incoming_socket=False).get_window_data(env="run"))
+            windows = json.loads(visdom.Visdom(port=port, use_incoming_socket=False)
+                                 .get_window_data(env="run"))
         finally:
             stop(server)
     assert windows["loss_G"]["content"]["data"][0]["x"] == [2, 4, 6, 8, 10, 12, 14]
@@ -136,7 +145,8 @@ def test_a_resumed_run_shows_the_whole_run_on_a_server_that_lost_it(dataset, tmp
 
 def run_assets_script(**env):
     script = os.path.join(ROOT, "scripts", "visdom_assets.sh")
-    return subprocess.run(["/bin/bash", script], capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    return subprocess.run(["/bin/bash", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env})
 
 
 def test_the_assets_script_without_npm_says_so_in_one_line(tmp_path):

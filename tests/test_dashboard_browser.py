@@ -12,14 +12,15 @@ import sys
 import pytest
 
 from conftest import ROOT, TINY, free_port, run_script, start_visdom_server, stop
-from utils import LOSS_NAMES
+from cyclegan import LOSS_NAMES
 
 @pytest.fixture(scope="module")
 def visdom_assets():
     if not shutil.which("npm"):
         pytest.skip("npm (Node.js) is not installed, and scripts/visdom_assets.sh needs it")
-    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "visdom_assets.sh")], capture_output=True,
-                            text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "visdom_assets.sh")],
+                            capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode == 0, result.stderr
 
 
@@ -27,22 +28,25 @@ TRACE_NAMES = """return Array.from(document.querySelectorAll('.js-plotly-plot'))
                         .map(plot => (plot.data || []).map(trace => trace.name));"""
 # The options pane's elements that scroll or would need to: none, since visdom 0.3.0 would
 # open them scrolled to the end.
-OPTIONS_SCROLLING = """const pane = document.querySelector('.content-text');
-    return [pane, ...pane.querySelectorAll('*')].filter(e => e.scrollHeight > e.clientHeight + 1).length;"""
-GRID_IMAGES = """return Array.from(document.images)
-                        .filter(img => img.complete && img.naturalWidth == 104 && img.naturalHeight == 70).length;"""
+OPTIONS_SCROLLING = ("""const pane = document.querySelector('.content-text');
+    return [pane, ...pane.querySelectorAll('*')]"""
+                     ".filter(e => e.scrollHeight > e.clientHeight + 1).length;")
+GRID_IMAGES = ("""return Array.from(document.images)
+                        .filter(img => img.complete"""
+               " && img.naturalWidth == 104 && img.naturalHeight == 70).length;")
 
 
-def test_chromium_shows_every_loss_plot_and_the_image_panel_that_training_sent(visdom_assets, browser, dataset,
-                                                                              tmp_path):
+def test_chromium_shows_every_loss_plot_and_the_image_panel_that_training_sent(
+        visdom_assets, browser, dataset, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     port = free_port()
     server = start_visdom_server(port, tmp_path / "visdom_env", module=True)
     try:
         args = [a for a in TINY if a != "--no_visdom"]
-        result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "horse2zebra", *args,
-                            "--n_epochs", "2", "--log_every", "1", "--sample_every", "7", "--visdom_port", port)
+        result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "horse2zebra",
+                            *args, "--n_epochs", "2", "--log_every", "1", "--sample_every", "7",
+                            "--visdom_port", port)
         assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
 
         browser.get(f"http://127.0.0.1:{port}/env/horse2zebra")

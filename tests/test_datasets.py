@@ -31,7 +31,8 @@ def test_missing_domain_folder_names_it_and_the_expected_layout(tmp_path):
 def test_translation_asks_only_for_the_test_folders(tmp_path):
     with pytest.raises(UserError) as missing:
         domain_dir(str(tmp_path), "test", "A")
-    assert "expected DIR/testA and DIR/testB" in str(missing.value) and "train" not in str(missing.value)
+    assert ("expected DIR/testA and DIR/testB" in str(missing.value)
+            and "train" not in str(missing.value))
 
 
 def test_folder_without_images_is_an_error_naming_it(tmp_path):
@@ -51,12 +52,14 @@ def test_every_common_extension_counts_in_any_case_and_other_files_do_not(tmp_pa
     paths, skipped = list_images(str(tmp_path))
     assert [os.path.basename(p) for p in paths] == names
     assert sorted((os.path.basename(p), reason) for p, reason in skipped) == [
-        (".DS_Store", "not an image file"), ("notes.txt", "not an image file"), ("sub.png", "a folder")]
+        (".DS_Store", "not an image file"), ("notes.txt", "not an image file"),
+        ("sub.png", "a folder")]
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "1"])
 def test_images_of_any_mode_load_as_8_bit_rgb(tmp_path, mode):
-    path = write_image(str(tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")), size=(20, 10), mode=mode)
+    path = write_image(str(tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")), size=(20, 10),
+                       mode=mode)
     img = load_rgb(path)
     assert img.mode == "RGB" and img.size == (20, 10)
 
@@ -113,9 +116,12 @@ def test_a_smaller_a_domain_is_cycled_to_fill_the_epoch():
 
 
 def test_epoch_order_is_fixed_by_seed_and_epoch_and_differs_between_epochs():
-    assert list(EpochSampler(50, 50, seed=1, epoch=3)) == list(EpochSampler(50, 50, seed=1, epoch=3))
-    assert list(EpochSampler(50, 50, seed=1, epoch=3)) != list(EpochSampler(50, 50, seed=1, epoch=4))
-    assert list(EpochSampler(50, 50, seed=1, epoch=3)) != list(EpochSampler(50, 50, seed=2, epoch=3))
+    assert (list(EpochSampler(50, 50, seed=1, epoch=3))
+            == list(EpochSampler(50, 50, seed=1, epoch=3)))
+    assert (list(EpochSampler(50, 50, seed=1, epoch=3))
+            != list(EpochSampler(50, 50, seed=1, epoch=4)))
+    assert (list(EpochSampler(50, 50, seed=1, epoch=3))
+            != list(EpochSampler(50, 50, seed=2, epoch=3)))
 
 
 def test_set_epoch_gives_the_order_of_a_sampler_made_for_that_epoch():

@@ -13,7 +13,8 @@ import torch
 
 from conftest import ROOT, TINY, WEIGHTS, assert_same_weights, make_dataset, run_script
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]  # what the torchrun command runs
+# what the torchrun command runs
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
 def torchrun(n, *args, timeout=300):
@@ -32,8 +33,8 @@ def two_process_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     data = make_dataset(root / "data", {"trainA": 5, "trainB": 7})
     output = root / "run"
-    result = torchrun(2, "--dataroot", data, "--output", output, *TINY, "--n_epochs", "2", "--log_every", "1",
-                      "--sample_every", "4")
+    result = torchrun(2, "--dataroot", data, "--output", output, *TINY, "--n_epochs", "2",
+                      "--log_every", "1", "--sample_every", "4")
     assert result.returncode == 0, result.stderr
     return data, output, result
 
@@ -41,7 +42,8 @@ def two_process_run(tmp_path_factory):
 def test_two_processes_share_each_epoch_and_write_one_set_of_outputs(two_process_run):
     data, output, result = two_process_run
     assert "4 iterations per epoch, 2 process(es) x batch 1 = global batch 2" in result.stdout
-    assert iterations_logged(output) == list(range(1, 9))  # one row per iteration, not one per process
+    # one row per iteration, not one per process
+    assert iterations_logged(output) == list(range(1, 9))
     assert sorted(os.listdir(output / "samples")) == ["iter_0000004.png", "iter_0000008.png"]
     assert torch.load(output / "checkpoint.pth", weights_only=True)["iteration"] == 8
     for name in WEIGHTS:
@@ -50,14 +52,16 @@ def test_two_processes_share_each_epoch_and_write_one_set_of_outputs(two_process
 
 def test_two_processes_end_with_bit_identical_weights(two_process_run):
     _, _, result = two_process_run
-    assert "the 2 processes ended with identical weights" in result.stdout  # SHA-256 of every tensor compared
+    # SHA-256 of every tensor compared
+    assert "the 2 processes ended with identical weights" in result.stdout
 
 
 def test_a_two_process_run_resumes_alone_and_then_on_two_processes_again(two_process_run, tmp_path):
     data, reference, _ = two_process_run
     output = tmp_path / "run"
     subprocess.run(["cp", "-r", str(reference), str(output)], check=True)
-    alone = run_script("train.py", "--dataroot", data, "--output", output, "--resume", "--n_epochs", "3")
+    alone = run_script("train.py", "--dataroot", data, "--output", output, "--resume",
+                       "--n_epochs", "3")
     assert alone.returncode == 0, alone.stderr
     again = torchrun(2, "--dataroot", data, "--output", output, "--resume", "--n_epochs", "4")
     assert again.returncode == 0, again.stderr
@@ -76,7 +80,8 @@ def test_one_process_under_torchrun_learns_exactly_what_a_plain_run_learns(tmp_p
 def worker_pids(parent):
     """The train.py processes that torchrun started, by rank."""
     pids = {}
-    for pid in subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split():
+    for pid in subprocess.run(["pgrep", "-P", str(parent)], capture_output=True,
+                              text=True).stdout.split():
         try:
             environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
         except OSError:
@@ -91,8 +96,9 @@ def start_long_run(tmp_path):
     """Two processes on a run of 1000 epochs of 3 iterations, once its first checkpoint is saved."""
     data = make_dataset(tmp_path / "data", {"trainA": 6, "trainB": 6})
     output = tmp_path / "run"
-    command = [*TORCHRUN, "--nproc_per_node=2", os.path.join(ROOT, "train.py"), "--dataroot", str(data),
-               "--output", str(output), *TINY, "--n_epochs", "1000", "--log_every", "1"]
+    command = [*TORCHRUN, "--nproc_per_node=2", os.path.join(ROOT, "train.py"),
+               "--dataroot", str(data), "--output", str(output), *TINY, "--n_epochs", "1000",
+               "--log_every", "1"]
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (output / "checkpoint.pth").exists() or len(worker_pids(run.pid)) < 2:
@@ -112,7 +118,8 @@ def test_sigterm_to_torchrun_saves_where_the_processes_stopped_together(tmp_path
         run.kill()
     saved = re.search(r"train.py: SIGTERM: saved iteration (\d+)", stderr)
     assert saved and stderr.count("saved iteration") == 1, stderr  # rank 0 speaks for both
-    assert torch.load(output / "checkpoint.pth", weights_only=True)["iteration"] == int(saved.group(1))
+    assert (torch.load(output / "checkpoint.pth", weights_only=True)["iteration"]
+            == int(saved.group(1)))
     assert iterations_logged(output)[-1] == int(saved.group(1))
 
 
@@ -126,4 +133,5 @@ def test_a_process_that_dies_ends_the_run_without_a_hang_and_keeps_the_checkpoin
     assert run.returncode != 0
     assert "exitcode: -9" in stderr or "Signal 9" in stderr or "SIGKILL" in stderr, stderr
     checkpoint = torch.load(output / "checkpoint.pth", weights_only=True)
-    assert checkpoint["iteration"] % 3 == 0 and checkpoint["epoch"] >= 1  # saved at an epoch end: 3 iterations each
+    # saved at an epoch end: 3 iterations each
+    assert checkpoint["iteration"] % 3 == 0 and checkpoint["epoch"] >= 1

@@ -14,8 +14,8 @@ def download(tmp_path, name, base_url):
     folder.mkdir(exist_ok=True)
     shutil.copy(os.path.join(ROOT, "datasets", "download.sh"), folder)
     env = {**os.environ, "CYCLEGAN_DATASETS_URL": base_url, "PYTHON": sys.executable}
-    return subprocess.run(["bash", str(folder / "download.sh"), name], capture_output=True, text=True,
-                          timeout=120, env=env)
+    return subprocess.run(["bash", str(folder / "download.sh"), name], capture_output=True,
+                          text=True, timeout=120, env=env)
 
 
 def visible(folder):
@@ -39,7 +39,8 @@ def test_a_cut_download_continues_where_it_stopped(tmp_path, file_server):
     file_server.cut.add("/apple2orange.zip")
     first = download(tmp_path, "apple2orange", file_server.url)
     assert first.returncode != 0
-    assert first.stderr.strip().splitlines()[-1].startswith("download.sh: error: could not download")
+    assert first.stderr.strip().splitlines()[-1].startswith("download.sh: error: "
+                                                            "could not download")
     assert not (tmp_path / "datasets" / "apple2orange").exists()
     assert (tmp_path / "datasets" / "apple2orange.zip.part").stat().st_size == len(data) // 2
     second = download(tmp_path, "apple2orange", file_server.url)
@@ -83,7 +84,8 @@ def test_without_a_network_one_line_says_so(tmp_path):
     result = download(tmp_path, "maps", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert result.stderr.startswith("download.sh: error: could not download") and "CYCLEGAN_DATASETS_URL" in result.stderr
+    assert (result.stderr.startswith("download.sh: error: could not download")
+            and "CYCLEGAN_DATASETS_URL" in result.stderr)
     assert visible(tmp_path / "datasets") == ["download.sh"]
 
 

@@ -14,8 +14,8 @@ FOLDERS = {"A": ("real_A", "A2B", "rec_A"), "B": ("real_B", "B2A", "rec_B")}
 
 
 def figures(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "figures.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "figures.py"),
+                           *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def make_run(run, n=10):
@@ -25,20 +25,23 @@ def make_run(run, n=10):
         for column, folder in enumerate(folders):
             os.makedirs(run / "results" / folder)
             for i in range(n):
-                Image.new("RGB", (48, 40), (20 * i + column,) * 3).save(run / "results" / folder / f"{i:02d}.png")
+                Image.new("RGB", (48, 40), (20 * i + column,) * 3).save(
+                    run / "results" / folder / f"{i:02d}.png")
     with open(run / "losses.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["iteration", "epoch", "loss_G", "loss_G_GAN", "loss_G_cycle", "loss_G_identity", "loss_D",
-                         "lr", "seconds"])
+        writer.writerow(["iteration", "epoch", "loss_G", "loss_G_GAN", "loss_G_cycle",
+                         "loss_G_identity", "loss_D", "lr", "seconds"])
         for i in range(1, 21):
-            writer.writerow([100 * i, 1 + i // 10, 5.0, 0.8, 3.0, 1.2, 0.4, 2e-4 * (1 - i / 40), 30.0 * i])
+            writer.writerow([100 * i, 1 + i // 10, 5.0, 0.8, 3.0, 1.2, 0.4, 2e-4 * (1 - i / 40),
+                             30.0 * i])
     return run
 
 
-def test_the_figure_shows_inputs_spread_through_the_test_set_beside_their_translations_and_reconstructions(tmp_path):
+def test_the_figure_shows_spread_out_test_inputs_beside_translations_and_reconstructions(tmp_path):
     run = make_run(tmp_path / "run")
     result = figures(run, "--out", tmp_path / "figs", "--cell", "32", "--images", "4")
-    assert result.returncode in (0, 2), result.stderr  # 2: no matplotlib for the loss curves, checked below
+    # 2: no matplotlib for the loss curves, checked below
+    assert result.returncode in (0, 2), result.stderr
     sheet = np.asarray(Image.open(tmp_path / "figs" / "translations.jpg"), float)
     gap, header, cell = 4, 36, 32
     for panel, folders in enumerate(FOLDERS.values()):
@@ -65,5 +68,6 @@ def test_a_run_without_results_is_one_line_saying_to_run_test_py(tmp_path):
     run.mkdir()
     result = figures(run, "--out", tmp_path / "figs")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [f"figures.py: error: {run / 'results'}: no A2B/ folder; "
-                                                  "run test.py on the test sets first"]
+    assert result.stderr.strip().splitlines() == [
+        f"figures.py: error: {run / 'results'}: no A2B/ folder; "
+        "run test.py on the test sets first"]

@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, load_script, run_script
+from conftest import TINY, run_script
+from cyclegan import CycleGAN
 
 TEXTURE = 40  # the checkerboard's amplitude, in 0-255 steps
 # The thresholds lie between what was measured on a 2-core CPU: over seven runs (seeds 0-4 in
@@ -29,7 +30,8 @@ ADDED, KEPT, RETURN_A, RETURN_B = 0.64, 0.3, 0.15, 0.065
 def picture(rng, textured, size=32):
     y, x = np.mgrid[:size, :size]
     slope_x, slope_y = rng.uniform(-50, 50, 2)
-    image = np.repeat((128 + slope_x * (x / size - 0.5) + slope_y * (y / size - 0.5))[..., None], 3, axis=2)
+    image = np.repeat((128 + slope_x * (x / size - 0.5) + slope_y * (y / size - 0.5))[..., None], 3,
+                      axis=2)
     r = rng.integers(5, 9)
     cy, cx = rng.integers(r, size - r, 2)
     image[(y - cy) ** 2 + (x - cx) ** 2 <= r * r] = rng.uniform(30, 225, 3)
@@ -44,7 +46,8 @@ def make_domains(root, n_train=24, n_test=8):
         for domain in "AB":
             os.makedirs(root / f"{split}{domain}")
             for i in range(n):
-                Image.fromarray(picture(rng, domain == "A")).save(root / f"{split}{domain}" / f"{i}.png")
+                Image.fromarray(picture(rng, domain == "A")).save(
+                    root / f"{split}{domain}" / f"{i}.png")
     return root
 
 
@@ -68,7 +71,8 @@ def scores(results):
     for direction, source in (("A2B", "A"), ("B2A", "B")):
         names = sorted(os.listdir(results / direction))
         out[direction] = np.mean([texture(read(results / direction / n)) for n in names])
-        returns = [read(results / f"rec_{source}" / n) - read(results / f"real_{source}" / n) for n in names]
+        returns = [read(results / f"rec_{source}" / n) - read(results / f"real_{source}" / n)
+                   for n in names]
         out[f"rec_{source}"] = np.mean([np.abs(difference).mean() for difference in returns])
     return out
 
@@ -87,12 +91,13 @@ def learned(tmp_path_factory):
     before any training (seeded, so whatever ran before in this process does not matter)."""
     root = tmp_path_factory.mktemp("learning")
     data = make_domains(root / "data")
-    result = run_script("train.py", "--dataroot", data, "--output", root / "run", *TINY, "--load_size", "32",
-                        "--n_epochs", "60", "--decay_epoch", "30", "--sample_every", "100000")
+    result = run_script("train.py", "--dataroot", data, "--output", root / "run", *TINY,
+                        "--load_size", "32", "--n_epochs", "60", "--decay_epoch", "30",
+                        "--sample_every", "100000")
     assert result.returncode == 0, result.stderr
     untrained = root / "untrained"
     untrained.mkdir()
-    start = load_script("train.py").CycleGAN(ngf=8, ndf=8, n_blocks=2, seed=0)  # the run's weights at iteration 0
+    start = CycleGAN(ngf=8, ndf=8, n_blocks=2, seed=0)  # the run's weights at iteration 0
     torch.save(start.G_A2B.state_dict(), untrained / "netG_A2B.pth")
     torch.save(start.G_B2A.state_dict(), untrained / "netG_B2A.pth")
     texture_A = np.mean([texture(read(data / "testA" / n)) for n in os.listdir(data / "testA")])

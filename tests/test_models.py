@@ -74,8 +74,10 @@ def test_discriminator_first_and_last_convs_have_no_norm_after_them():
 
 def test_conv_weights_start_from_normal_0_002_and_biases_from_zero():
     G = Generator()
-    weights = torch.cat([m.weight.flatten() for m in G.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))])
-    biases = torch.cat([m.bias for m in G.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))])
+    weights = torch.cat([m.weight.flatten() for m in G.modules()
+                         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))])
+    biases = torch.cat([m.bias for m in G.modules()
+                        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))])
     assert abs(weights.mean().item()) < 1e-3
     assert weights.std().item() == pytest.approx(0.02, rel=0.01)
     assert torch.count_nonzero(biases) == 0

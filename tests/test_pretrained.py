@@ -32,8 +32,10 @@ def test_a_pretrained_model_is_fetched_once_and_translates_the_folder(models, tm
     for _ in range(2):
         result = pretrained("--pretrained", "horse2zebra")
         assert result.returncode == 0, result.stderr
-    assert [path for path, _ in models.requests] == ["/horse2zebra.pth"]  # the second run used the cache
-    assert sorted(os.listdir(tmp_path / "output" / "pretrained")) == ["horse2zebra.pth", "results_horse2zebra_photos"]
+    # the second run used the cache
+    assert [path for path, _ in models.requests] == ["/horse2zebra.pth"]
+    assert (sorted(os.listdir(tmp_path / "output" / "pretrained"))
+            == ["horse2zebra.pth", "results_horse2zebra_photos"])
     results = tmp_path / "output" / "pretrained" / "results_horse2zebra_photos"
     assert sorted(os.listdir(results / "A2B")) == ["photo_0.png", "photo_1.png"]
 
@@ -55,7 +57,8 @@ def test_an_unknown_model_name_lists_the_known_ones(models):
 def test_a_cut_download_continues_on_the_next_run(models, tmp_path):
     models.cut.add("/horse2zebra.pth")
     first = pretrained("--pretrained", "horse2zebra")
-    assert first.returncode == 1 and "run again to continue" in first.stderr.strip().splitlines()[-1]
+    assert (first.returncode == 1
+            and "run again to continue" in first.stderr.strip().splitlines()[-1])
     assert not (tmp_path / "output" / "pretrained" / "horse2zebra.pth").exists()
     second = pretrained("--pretrained", "horse2zebra")
     assert second.returncode == 0, second.stderr
@@ -63,7 +66,8 @@ def test_a_cut_download_continues_on_the_next_run(models, tmp_path):
     assert models.requests[-1] == ("/horse2zebra.pth", f"bytes={size // 2}-")
 
 
-def test_a_file_that_is_not_a_generator_is_removed_so_the_next_run_fetches_it_again(models, tmp_path):
+def test_a_file_that_is_not_a_generator_is_removed_so_the_next_run_fetches_it_again(models,
+                                                                                    tmp_path):
     models.files["/horse2zebra.pth"] = b"<html>moved</html>"
     result = pretrained("--pretrained", "horse2zebra")
     assert result.returncode == 1 and "removed it" in result.stderr
@@ -79,8 +83,10 @@ def test_without_a_network_one_line_says_so(models, monkeypatch):
 
 def test_the_results_page_shows_input_translation_and_reconstruction_with_relative_links(tmp_path):
     data = make_dataset(tmp_path / "data")
-    assert run_script("train.py", "--dataroot", data, "--output", tmp_path / "run", *TINY, "--n_epochs", "1").returncode == 0
-    result = run_script("test.py", "--dataroot", data, "--weights", tmp_path / "run", "--workers", "0")
+    assert run_script("train.py", "--dataroot", data, "--output", tmp_path / "run", *TINY,
+                      "--n_epochs", "1").returncode == 0
+    result = run_script("test.py", "--dataroot", data, "--weights", tmp_path / "run",
+                        "--workers", "0")
     assert result.returncode == 0, result.stderr
     results = tmp_path / "run" / "results"
     page = (results / "index.html").read_text()
@@ -95,11 +101,13 @@ def test_the_results_page_shows_input_translation_and_reconstruction_with_relati
     assert "<h2 id='A2B'>" in page and "<h2 id='B2A'>" in page
 
 
-def test_a_download_complete_before_it_was_moved_into_place_is_not_fetched_again(models, tmp_path):
+def test_a_download_complete_before_it_was_moved_into_place_is_not_fetched_again(models,
+                                                                                 tmp_path):
     cache = tmp_path / "output" / "pretrained"
     cache.mkdir(parents=True)
     (cache / "horse2zebra.pth.part").write_bytes(models.files["/horse2zebra.pth"])
     result = pretrained("--pretrained", "horse2zebra")
     assert result.returncode == 0, result.stderr
-    assert models.requests == [("/horse2zebra.pth", f"bytes={len(models.files['/horse2zebra.pth'])}-")]  # 416
+    assert models.requests == [("/horse2zebra.pth",
+                                f"bytes={len(models.files['/horse2zebra.pth'])}-")]  # 416
     assert (cache / "horse2zebra.pth").is_file() and not (cache / "horse2zebra.pth.part").exists()

@@ -15,7 +15,6 @@ SCRIPTS = ("train.py", "test.py", "evaluate.py", "benchmark.py")
 # Options the documents mention that belong to other tools, not to the four scripts.
 NOT_OURS = {
     "--index-url",  # pip install (the PyTorch CUDA 12.6 wheel index)
-    "--no-deps",  # pip download (the TorchScript Inception for FID offline)
     "--smoke",  # scripts/gpu_check.sh
     "--standalone", "--nproc_per_node", "--nnodes",  # torchrun
     "--rdzv_backend", "--rdzv_endpoint", "--rdzv_id",  # torchrun
@@ -34,7 +33,6 @@ SECTION_SCRIPTS = {
     "Translate a video": {"test.py"},
     "The authors' pretrained generators": {"test.py"},
     "Measure quality: FID and KID": {"evaluate.py"},
-    "What is implemented, as in the paper": {"train.py"},
     "Speed": {"train.py", "benchmark.py"},
 }
 
@@ -46,7 +44,8 @@ def read_lines(path):
 
 @pytest.fixture(scope="module")
 def help_options():
-    """{script: set of the --options its --help lists}, each script's --help run once, in parallel."""
+    """{script: set of the --options its --help lists}, each script's --help run once, in
+    parallel."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     runs = {s: subprocess.Popen([sys.executable, s, "--help"], cwd=ROOT, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -91,7 +90,8 @@ def test_readme_is_at_most_250_lines():
 ])
 def test_the_quick_start_commands_are_in_the_first_40_lines(what, command):
     first_screen = "\n".join(read_lines(README)[:40])
-    assert command in first_screen, f"the {what} command `{command}` is not in README's first 40 lines"
+    assert command in first_screen, (f"the {what} command `{command}` "
+                                     "is not in README's first 40 lines")
 
 
 def test_the_readme_links_the_option_tables():
@@ -106,8 +106,8 @@ def test_every_option_the_readme_mentions_exists_in_that_scripts_help(help_optio
             if option in NOT_OURS:
                 continue
             if not any(option in help_options[s] for s in owners):
-                wrong.append(f"{os.path.relpath(path, ROOT)}:{number}: {option} is not in the --help "
-                             f"of {' or '.join(sorted(owners))}")
+                wrong.append(f"{os.path.relpath(path, ROOT)}:{number}: {option} is not in "
+                             f"the --help of {' or '.join(sorted(owners))}")
     assert not wrong, "\n".join(wrong)
 
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import (ROOT, TINY, WEIGHTS, assert_same_weights, assert_user_error, make_dataset, one_cpu_thread,
-                      photo_folder, run_script, save_generator, write_image)
+from conftest import (ROOT, TINY, WEIGHTS, assert_same_weights, assert_user_error, make_dataset,
+                      one_cpu_thread, photo_folder, run_script, save_generator, write_image)
 from datasets import UnalignedDataset, check_image, list_images
 
 
@@ -36,7 +36,8 @@ def make_messy_folder(folder):
         "gray.png": lambda p: write_image(p, mode="L"),
         "rgba.png": lambda p: write_image(p, mode="RGBA"),
         "palette.png": lambda p: write_image(p, mode="P"),
-        "deep.png": lambda p: Image.fromarray(np.arange(0, 65536, 16, dtype=np.uint16).reshape(64, 64)).save(p),
+        "deep.png": lambda p: Image.fromarray(
+            np.arange(0, 65536, 16, dtype=np.uint16).reshape(64, 64)).save(p),
         "cmyk.jpg": lambda p: write_image(p, mode="CMYK"),
         "rotated.jpg": lambda p: open(p, "wb").write(jpeg_bytes(exif=_orientation(6))),
         "tiny.png": lambda p: write_image(p, size=(5, 3)),
@@ -66,7 +67,8 @@ def _orientation(value):
 
 def _png_bytes():
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3),
+                                                      dtype=np.uint8)).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -77,13 +79,15 @@ def test_messy_folder_keeps_every_readable_image_and_names_each_skipped_one(tmp_
     assert sorted(os.path.basename(p) for p, _ in rejects) == skipped
     reasons = {os.path.basename(p): r for p, r in rejects}
     assert reasons["empty.jpg"] == "empty file" and reasons["subfolder"] == "a folder"
-    assert "truncated" in reasons["truncated.jpg"].lower() and "not a readable image" in reasons["random.jpg"]
+    assert ("truncated" in reasons["truncated.jpg"].lower()
+            and "not a readable image" in reasons["random.jpg"])
 
 
 def test_training_on_a_messy_folder_starts_and_lists_skipped_files_once(tmp_path):
     data = make_dataset(tmp_path / "data", {"trainB": 3})
     usable, skipped = make_messy_folder(os.path.join(data, "trainA"))
-    result = run_script("train.py", "--dataroot", data, "--output", tmp_path / "run", *TINY, "--n_epochs", "1")
+    result = run_script("train.py", "--dataroot", data, "--output", tmp_path / "run", *TINY,
+                        "--n_epochs", "1")
     assert result.returncode == 0, result.stderr
     assert f"{len(usable)} A and 3 B images" in result.stdout
     listed = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
@@ -107,7 +111,8 @@ def test_a_domain_with_no_usable_image_is_a_user_error(tmp_path):
     os.makedirs(os.path.join(data, "trainB"))
     open(os.path.join(data, "trainB", "broken.jpg"), "wb").write(b"nope")
     result = run_script("train.py", "--dataroot", data, "--output", tmp_path / "run", *TINY)
-    assert_user_error(result, "trainB: no usable images", "skipped 1: broken.jpg: not a readable image")
+    assert_user_error(result, "trainB: no usable images",
+                      "skipped 1: broken.jpg: not a readable image")
 
 
 def test_check_image_accepts_a_jpeg_with_data_after_its_end_marker(tmp_path):
@@ -119,13 +124,17 @@ def test_check_image_accepts_a_jpeg_with_data_after_its_end_marker(tmp_path):
 def test_test_py_translates_the_readable_images_and_lists_the_rest(tmp_path):
     folder = tmp_path / "photos"
     usable, skipped = make_messy_folder(str(folder))
-    os.remove(folder / "huge.jpg")  # translating 12 megapixels on a CPU is slow; the loader test covers it
+    # translating 12 megapixels on a CPU is slow; the loader test covers it
+    os.remove(folder / "huge.jpg")
     usable.remove("huge.jpg")
-    result = run_script("test.py", "--input", folder, "--weights", save_generator(tmp_path / "g.pth", 4, 1),
+    result = run_script("test.py", "--input", folder,
+                        "--weights", save_generator(tmp_path / "g.pth", 4, 1),
                         "--results", tmp_path / "res", "--workers", "0")
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(tmp_path / "res" / "A2B")) == sorted(n.rsplit(".", 1)[0] + ".png" for n in usable)
-    assert len([line for line in result.stderr.splitlines() if line.startswith("skipped ")]) == len(skipped)
+    assert (sorted(os.listdir(tmp_path / "res" / "A2B"))
+            == sorted(n.rsplit(".", 1)[0] + ".png" for n in usable))
+    assert len([line for line in result.stderr.splitlines()
+                if line.startswith("skipped ")]) == len(skipped)
 
 
 # Crashes and kills --------------------------------------------------------------------
@@ -145,8 +154,8 @@ def uninterrupted(tmp_path_factory):
 
 
 def start_training(data, output, *extra):
-    command = [sys.executable, os.path.join(ROOT, "train.py"), "--dataroot", data, "--output", str(output),
-               *TINY, *RUN, *extra]
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "--dataroot", data,
+               "--output", str(output), *TINY, *RUN, *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -187,30 +196,34 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_sigkill_while_the_checkpoint_is_being_written_loses_at_most_one_save_interval(uninterrupted, tmp_path,
-                                                                                         single_thread):
+def test_sigkill_while_the_checkpoint_is_being_written_loses_at_most_one_save_interval(
+        uninterrupted, tmp_path, single_thread):
     data, reference = uninterrupted
     output, paused = tmp_path / "run", tmp_path / "paused"
-    proc = subprocess.Popen([sys.executable, "-c", PAUSED_WRITER, str(paused), os.path.join(ROOT, "train.py"),
-                             "--dataroot", data, "--output", str(output), *TINY, *RUN],
+    proc = subprocess.Popen([sys.executable, "-c", PAUSED_WRITER, str(paused),
+                             os.path.join(ROOT, "train.py"), "--dataroot", data,
+                             "--output", str(output), *TINY, *RUN],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(paused.exists, proc)
     proc.kill()
     proc.wait()
-    assert (output / "checkpoint.pth.tmp").read_bytes() == b"the first bytes"  # the kill cut a write short
-    checkpoint = torch.load(output / "checkpoint.pth", weights_only=True)  # the previous one, complete
+    # the kill cut a write short
+    assert (output / "checkpoint.pth.tmp").read_bytes() == b"the first bytes"
+    # the previous one, complete
+    checkpoint = torch.load(output / "checkpoint.pth", weights_only=True)
     assert checkpoint["iteration"] == 3
     assert_resumes_to(data, output, reference)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_sigint_and_sigterm_save_the_current_iteration_then_exit_cleanly(uninterrupted, tmp_path, signum,
-                                                                         single_thread):
+def test_sigint_and_sigterm_save_the_current_iteration_then_exit_cleanly(uninterrupted, tmp_path,
+                                                                         signum, single_thread):
     data, reference = uninterrupted
     output = tmp_path / "run"
     proc = start_training(data, output, "--save_every", "1000")
     log = output / "losses.csv"
-    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 3, proc)  # at iteration 2 or later
+    # at iteration 2 or later
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 3, proc)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum
@@ -219,7 +232,8 @@ def test_sigint_and_sigterm_save_the_current_iteration_then_exit_cleanly(uninter
     logged = int(log.read_text().splitlines()[-1].split(",")[0])
     assert checkpoint["iteration"] == logged >= 2  # saved where it stopped, not at a save interval
     shown = re.findall(r"\| (\d+)/\d+ \[", stderr)[-1]  # the progress bar's last count in the epoch
-    assert int(shown) == checkpoint["position"] and f"saved iteration {checkpoint['iteration']} " in stderr
+    assert (int(shown) == checkpoint["pairs"]
+            and f"saved iteration {checkpoint['iteration']} " in stderr)
     assert_resumes_to(data, output, reference)
 
 
@@ -230,26 +244,32 @@ def sha256(path):
 def run_into_non_finite_losses(data, reference, output, *extra):
     shutil.copytree(reference, output)
     before = {name: sha256(output / name) for name in ("checkpoint.pth", *WEIGHTS)}
-    result = run_script("train.py", "--dataroot", data, "--output", output, "--resume", "--n_epochs", "3",
-                        "--lr", "1e12", "--save_every", "1000", *extra)
+    result = run_script("train.py", "--dataroot", data, "--output", output, "--resume",
+                        "--n_epochs", "3", "--lr", "1e12", "--save_every", "1000", *extra)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert {name: sha256(output / name) for name in before} == before
     return result.stderr.strip().splitlines()[-1]
 
 
-def test_a_non_finite_loss_stops_with_its_iteration_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
-    message = run_into_non_finite_losses(*uninterrupted, tmp_path / "run")  # --log_every 1: read every step
-    assert re.search(r"loss_\w+ became (nan|-?inf) at iteration (2\d|30) \(epoch 3\)", message), message
+def test_a_non_finite_loss_stops_with_its_iteration_and_keeps_the_last_good_checkpoint(
+        uninterrupted, tmp_path):
+    # --log_every 1: read every step
+    message = run_into_non_finite_losses(*uninterrupted, tmp_path / "run")
+    assert re.search(r"loss_\w+ became (nan|-?inf) at iteration (2\d|30) \(epoch 3\)",
+                     message), message
 
 
-def test_losses_read_every_ten_iterations_still_stop_a_non_finite_run_before_saving(uninterrupted, tmp_path):
+def test_losses_read_every_ten_iterations_still_stop_a_non_finite_run_before_saving(uninterrupted,
+                                                                                    tmp_path):
     message = run_into_non_finite_losses(*uninterrupted, tmp_path / "run", "--log_every", "1000")
-    assert re.search(r"loss_\w+ became (nan|-?inf) between iterations 21 and 30 \(epoch 3\)", message), message
+    assert re.search(r"loss_\w+ became (nan|-?inf) between iterations 21 and 30 \(epoch 3\)",
+                     message), message
 
 
 def test_weights_that_became_non_finite_are_never_saved(uninterrupted, tmp_path):
-    from train import CycleGAN, Launch, Position, save_run
+    from cyclegan import CycleGAN
+    from train import Launch, Position, save_run
     from utils import RunFailure
     data, reference = uninterrupted
     model = CycleGAN(ngf=8, ndf=8, n_blocks=2)
@@ -265,13 +285,15 @@ def test_weights_that_became_non_finite_are_never_saved(uninterrupted, tmp_path)
 def tiny_disk(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)],
+                      capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield mount
     subprocess.run(["umount", "-l", str(mount)])
 
 
-def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays_intact(uninterrupted, tiny_disk):
+def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays_intact(uninterrupted,
+                                                                               tiny_disk):
     data, reference = uninterrupted
     output = tiny_disk / "run"
     shutil.copytree(reference, output)
@@ -283,7 +305,8 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays_intact(u
                 f.flush()
         except OSError:
             pass
-    result = run_script("train.py", "--dataroot", data, "--output", output, "--resume", "--n_epochs", "3")
+    result = run_script("train.py", "--dataroot", data, "--output", output, "--resume",
+                        "--n_epochs", "3")
     assert result.returncode in (1, 2)
     message = result.stderr.strip().splitlines()[-1]
     assert "No space left on device" in message and "Traceback" not in result.stderr
@@ -294,7 +317,8 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays_intact(u
 def test_an_unwritable_output_folder_is_a_user_error_before_training(tmp_path):
     data = make_dataset(tmp_path / "data", {"trainA": 2, "trainB": 2})
     (tmp_path / "a_file").write_text("x")
-    result = run_script("train.py", "--dataroot", data, "--output", tmp_path / "a_file" / "run", *TINY)
+    result = run_script("train.py", "--dataroot", data, "--output", tmp_path / "a_file" / "run",
+                        *TINY)
     assert_user_error(result, "cannot write there")
 
 
@@ -311,8 +335,8 @@ class Exploit:
 def test_a_weights_file_that_would_run_code_is_refused_and_the_code_does_not_run(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"model.1.weight": Exploit(str(marker))}, tmp_path / "evil.pth")
-    result = run_script("test.py", "--input", photo_folder(tmp_path / "photos"), "--weights", tmp_path / "evil.pth",
-                        "--results", tmp_path / "res")
+    result = run_script("test.py", "--input", photo_folder(tmp_path / "photos"),
+                        "--weights", tmp_path / "evil.pth", "--results", tmp_path / "res")
     assert_user_error(result, "evil.pth", "not a weights file torch can read safely")
     assert not marker.exists()
 
@@ -336,13 +360,14 @@ def test_resume_lists_every_architecture_difference(uninterrupted, tmp_path):
 
 def test_test_py_names_the_blocks_that_would_fit(tmp_path):
     weights = save_generator(tmp_path / "g6.pth", ngf=8, n_blocks=6)
-    result = run_script("test.py", "--input", photo_folder(tmp_path / "photos"), "--weights", weights,
-                        "--ngf", "8", "--n_blocks", "9")
+    result = run_script("test.py", "--input", photo_folder(tmp_path / "photos"),
+                        "--weights", weights, "--ngf", "8", "--n_blocks", "9")
     assert_user_error(result, "g6.pth", "--ngf 8 --n_blocks 6")
 
 
 def test_test_py_reports_an_unwritable_results_folder(tmp_path):
     (tmp_path / "a_file").write_text("x")
     result = run_script("test.py", "--input", photo_folder(tmp_path / "photos"),
-                        "--weights", save_generator(tmp_path / "g.pth"), "--results", tmp_path / "a_file" / "res")
+                        "--weights", save_generator(tmp_path / "g.pth"),
+                        "--results", tmp_path / "a_file" / "res")
     assert_user_error(result, "--results", "cannot write there")

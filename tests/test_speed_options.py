@@ -1,4 +1,5 @@
-"""Mixed precision, channels-last, torch.compile and benchmark.py: same training, other arithmetic."""
+"""Mixed precision, channels-last, torch.compile and benchmark.py: same training, other
+arithmetic."""
 import json
 import math
 import os
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, assert_user_error, load_script, run_script
-from train import CycleGAN
+from cyclegan import CycleGAN
 
 SMALL = dict(device="cpu", ngf=8, ndf=8, n_blocks=2, pool_size=0)
 
@@ -16,7 +17,7 @@ SMALL = dict(device="cpu", ngf=8, ndf=8, n_blocks=2, pool_size=0)
 def first_step_losses(**options):
     batch = torch.Generator().manual_seed(0)
     real_A, real_B = (torch.rand(1, 3, 32, 32, generator=batch) * 2 - 1 for _ in "AB")
-    return CycleGAN(**SMALL, **options).step(real_A, real_B)
+    return CycleGAN(**SMALL, **options).step(real_A, real_B).floats()
 
 
 def test_bf16_amp_losses_track_fp32_to_bf16_precision():
@@ -39,7 +40,8 @@ def test_amp_defaults_to_auto_and_the_bare_flag_means_on():
 @pytest.mark.parametrize("capabilities, instructions", [
     ({}, None), ({"avx2": True, "avx512_f": True}, None), ({"avx512_bf16": True}, "AVX512-BF16"),
     ({"avx512_bf16": True, "amx_bf16": True}, "AMX")])
-def test_amp_auto_trains_in_bf16_only_on_cpus_with_bf16_instructions(monkeypatch, capabilities, instructions):
+def test_amp_auto_trains_in_bf16_only_on_cpus_with_bf16_instructions(monkeypatch, capabilities,
+                                                                      instructions):
     from utils import cpu_bf16, use_amp
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
     cpu = torch.device("cpu")
@@ -56,20 +58,22 @@ def test_amp_auto_trains_in_fp32_with_a_torch_that_does_not_report_cpu_instructi
 
 def test_training_says_that_amp_auto_chose_bf16_for_this_cpu(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
-    result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "run", *TINY, "--n_epochs", "1",
-                        "--amp", "auto")
+    result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "run", *TINY,
+                        "--n_epochs", "1", "--amp", "auto")
     assert result.returncode == 0, result.stderr
-    assert ("device cpu (bfloat16 autocast, as --amp auto chooses on CPUs with AVX512-BF16; --amp off for fp32)"
-            in result.stdout)
+    assert ("device cpu (bfloat16 autocast, as --amp auto chooses on CPUs with AVX512-BF16; "
+            "--amp off for fp32)" in result.stdout)
 
 
 
-@pytest.mark.parametrize("capability,native", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+@pytest.mark.parametrize("capability,native", [((7, 0), False), ((7, 5), False), ((8, 0), True),
+                                               ((9, 0), True)])
 def test_amp_auto_picks_bf16_only_on_gpus_with_bf16_tensor_cores(monkeypatch, capability, native):
     # torch.cuda.is_bf16_supported() says yes on a T4 or V100 too (emulated bf16): not asked.
     from utils import amp_dtype, use_amp
     asked = []
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: asked.append(device) or capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     gpu = torch.device("cuda", 1)
     assert use_amp("auto", gpu) is native
@@ -89,14 +93,14 @@ def test_an_explicit_cuda_device_becomes_the_current_one(monkeypatch):
 
 def test_activations_do_not_overwrite_the_instance_norm_outputs_autograd_needs():
     from models import Discriminator, Generator
-    activations = [m for net in (Generator(ngf=8, n_blocks=1), Discriminator(ndf=8)) for m in net.modules()
-                   if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))]
+    activations = [m for net in (Generator(ngf=8, n_blocks=1), Discriminator(ndf=8))
+                   for m in net.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))]
     assert activations and not any(m.inplace for m in activations)
 
 def test_training_names_the_precision_it_runs_in(dataset, tmp_path):
     for flags, precision in (([], "fp32"), (["--amp"], "bfloat16 autocast")):
-        result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / precision, *TINY,
-                            "--n_epochs", "1", *flags)
+        result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / precision,
+                            *TINY, "--n_epochs", "1", *flags)
         assert result.returncode == 0, result.stderr
         assert f"device cpu ({precision})" in result.stdout
 
@@ -115,8 +119,10 @@ def test_channels_last_gives_the_same_losses_to_float_rounding():
 def test_training_with_amp_and_channels_last_runs_and_resumes(dataset, tmp_path):
     out = tmp_path / "run"
     flags = ["--amp", "--channels_last", "--log_every", "1"]
-    assert run_script("train.py", "--dataroot", dataset, "--output", out, *TINY, *flags, "--n_epochs", "1").returncode == 0
-    result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume", "--n_epochs", "2")
+    assert run_script("train.py", "--dataroot", dataset, "--output", out, *TINY, *flags,
+                      "--n_epochs", "1").returncode == 0
+    result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume",
+                        "--n_epochs", "2")
     assert result.returncode == 0, result.stderr
     options = torch.load(out / "checkpoint.pth", weights_only=True)["options"]
     assert options["amp"] == "on" and options["channels_last"] and options["n_epochs"] == 2
@@ -139,9 +145,9 @@ def test_compiled_networks_keep_the_authors_keys_and_compute_what_eager_ones_do(
 
 def test_benchmark_reports_medians_flops_memory_and_data_time_as_json(dataset, tmp_path):
     out = tmp_path / "bench.json"
-    result = run_script("benchmark.py", "--size", "32", "--ngf", "4", "--ndf", "4", "--n_blocks", "1",
-                        "--device", "cpu", "--iters", "3", "--warmup", "1", "--json", out, "--dataroot", dataset,
-                        "--amp", "off")
+    result = run_script("benchmark.py", "--size", "32", "--ngf", "4", "--ndf", "4",
+                        "--n_blocks", "1", "--device", "cpu", "--iters", "3", "--warmup", "1",
+                        "--json", out, "--dataroot", dataset, "--amp", "off")
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     train = report["train_seconds_per_iteration"]
@@ -151,7 +157,8 @@ def test_benchmark_reports_medians_flops_memory_and_data_time_as_json(dataset, t
     assert report["translate_images_per_second"] > 0 and report["peak_memory_mib"] > 0
     assert "train s/iteration" in result.stdout
     data = report["data_seconds_per_pair"]
-    assert data["n"] == 7 and 0 < data["min"] <= data["median"] <= data["max"]  # 7 B images: 7 pairs an epoch
+    # 7 B images: 7 pairs an epoch
+    assert data["n"] == 7 and 0 < data["min"] <= data["median"] <= data["max"]
     assert report["amp"] == "off" and report["compile_seconds"] is None
 
 
@@ -161,8 +168,8 @@ def test_benchmark_flop_count_matches_the_generator_convolutions():
     def conv(pixels, c_in, c_out, k):
         return 2 * pixels * c_in * c_out * k * k
     expected = (conv(256**2, 3, 64, 7) + conv(128**2, 64, 128, 3) + conv(64**2, 128, 256, 3)
-                + 18 * conv(64**2, 256, 256, 3) + conv(64**2, 256, 128, 3) + conv(128**2, 128, 64, 3)
-                + conv(256**2, 64, 3, 7))
+                + 18 * conv(64**2, 256, 256, 3) + conv(64**2, 256, 128, 3)
+                + conv(128**2, 128, 64, 3) + conv(256**2, 64, 3, 7))
     benchmark = load_script("benchmark.py")
     from models import Generator
     counted = benchmark.count_flops(lambda: Generator()(torch.zeros(1, 3, 256, 256)))
@@ -202,24 +209,28 @@ def test_batched_translation_writes_the_same_images_as_one_at_a_time(tmp_path):
         write_image(str(photos / f"p{i}.png"), size=size, seed=i)
     weights = save_generator(tmp_path / "g.pth")
     for batch in ("1", "3"):
-        result = run_script("test.py", "--input", photos, "--weights", weights, "--results", tmp_path / batch,
-                            "--batch_size", batch, "--workers", "0")
+        result = run_script("test.py", "--input", photos, "--weights", weights,
+                            "--results", tmp_path / batch, "--batch_size", batch, "--workers", "0")
         assert result.returncode == 0, result.stderr
     for i in range(5):
-        one, three = (np.asarray(Image.open(tmp_path / b / "A2B" / f"p{i}.png"), dtype=int) for b in ("1", "3"))
+        one, three = (np.asarray(Image.open(tmp_path / b / "A2B" / f"p{i}.png"), dtype=int)
+                      for b in ("1", "3"))
         assert one.shape == three.shape and np.abs(one - three).max() <= 1
 
 
 def test_translation_with_amp_writes_every_image(dataset, tmp_path):
     from conftest import save_generator
-    result = run_script("test.py", "--input", f"{dataset}/testA", "--weights", save_generator(tmp_path / "g.pth"),
-                        "--results", tmp_path / "res", "--amp", "--batch_size", "2", "--workers", "0")
+    result = run_script("test.py", "--input", f"{dataset}/testA",
+                        "--weights", save_generator(tmp_path / "g.pth"),
+                        "--results", tmp_path / "res", "--amp", "--batch_size", "2",
+                        "--workers", "0")
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "res" / "A2B").iterdir())) == 3
 
 
 def test_gpu_check_refuses_a_machine_without_cuda_in_one_line(tmp_path):
-    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), str(tmp_path / "report")],
-                            capture_output=True, text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"),
+                             str(tmp_path / "report")], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "no CUDA GPU here" in result.stderr and "--smoke" in result.stderr

@@ -9,7 +9,7 @@ from torch import nn
 
 from authors import AuthorsCycleGAN
 from models import Discriminator, Generator
-from train import CycleGAN
+from cyclegan import CycleGAN
 from utils import ImagePool, linear_decay
 
 SMALL = dict(device="cpu", ngf=4, ndf=4, n_blocks=1)
@@ -32,7 +32,7 @@ def test_losses_equal_the_hand_computed_values_of_the_paper_objective():
     constant_output(model.D_B, 0.6)
     real_A, real_B = torch.full((1, 3, 32, 32), 0.5), torch.full((1, 3, 32, 32), -0.5)
 
-    losses = model.step(real_A, real_B)
+    losses = model.step(real_A, real_B).floats()
 
     # GAN: (D_B(fake_B) - 1)^2 + (D_A(fake_A) - 1)^2 = 0.16 + 0.64
     assert losses["loss_G_GAN"] == pytest.approx(0.8, abs=1e-6)
@@ -47,15 +47,18 @@ def test_losses_equal_the_hand_computed_values_of_the_paper_objective():
 
 def test_identity_loss_is_skipped_when_lambda_identity_is_zero():
     model = CycleGAN(**SMALL, lambda_identity=0.0)
-    losses = model.step(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    losses = model.step(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)).floats()
     assert losses["loss_G_identity"] == 0.0
-    assert losses["loss_G"] == pytest.approx(losses["loss_G_GAN"] + losses["loss_G_cycle"], rel=1e-6)
+    assert losses["loss_G"] == pytest.approx(losses["loss_G_GAN"] + losses["loss_G_cycle"],
+                                             rel=1e-6)
 
 
-def test_step_returns_python_floats_for_every_loss():
+def test_step_returns_every_loss_by_name_on_the_device_and_as_python_floats():
     losses = CycleGAN(**SMALL).step(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
-    assert set(losses) == {"loss_G", "loss_G_GAN", "loss_G_cycle", "loss_G_identity", "loss_D"}
-    assert all(type(v) is float and math.isfinite(v) for v in losses.values())
+    assert losses._fields == ("loss_G", "loss_G_GAN", "loss_G_cycle", "loss_G_identity", "loss_D")
+    assert all(loss.shape == () and not loss.requires_grad for loss in losses)
+    assert losses.floats() == {name: getattr(losses, name).item() for name in losses._fields}
+    assert all(type(v) is float and math.isfinite(v) for v in losses.floats().values())
 
 
 def test_same_seed_builds_the_same_networks_and_leaves_the_global_rng_alone():
@@ -88,14 +91,19 @@ def test_three_steps_match_the_authors_algorithm_to_float32_rounding(lambda_iden
     for _ in range(3):  # the buffer fills in steps 1-2; step 3 swaps or passes at random
         real_A = torch.rand(1, 3, 32, 32, generator=batches) * 2 - 1
         real_B = torch.rand(1, 3, 32, 32, generator=batches) * 2 - 1
-        losses = ours.step(real_A, real_B)
+        losses = ours.step(real_A, real_B).floats()
         theirs.optimize_parameters(real_A, real_B)
         assert losses["loss_G"] == pytest.approx(theirs.loss_G.item(), rel=1e-5)
-        assert losses["loss_G_GAN"] == pytest.approx((theirs.loss_G_A + theirs.loss_G_B).item(), rel=1e-5)
-        assert losses["loss_G_cycle"] == pytest.approx((theirs.loss_cycle_A + theirs.loss_cycle_B).item(), rel=1e-5)
-        assert losses["loss_G_identity"] == pytest.approx((theirs.loss_idt_A + theirs.loss_idt_B).item(), rel=1e-5)
-        assert losses["loss_D"] == pytest.approx((theirs.loss_D_A + theirs.loss_D_B).item(), rel=1e-5)
-    pairs = [(ours.G_A2B, theirs.netG_A), (ours.G_B2A, theirs.netG_B), (ours.D_B, theirs.netD_A), (ours.D_A, theirs.netD_B)]
+        assert losses["loss_G_GAN"] == pytest.approx(
+            (theirs.loss_G_A + theirs.loss_G_B).item(), rel=1e-5)
+        assert losses["loss_G_cycle"] == pytest.approx(
+            (theirs.loss_cycle_A + theirs.loss_cycle_B).item(), rel=1e-5)
+        assert losses["loss_G_identity"] == pytest.approx(
+            (theirs.loss_idt_A + theirs.loss_idt_B).item(), rel=1e-5)
+        assert losses["loss_D"] == pytest.approx(
+            (theirs.loss_D_A + theirs.loss_D_B).item(), rel=1e-5)
+    pairs = [(ours.G_A2B, theirs.netG_A), (ours.G_B2A, theirs.netG_B), (ours.D_B, theirs.netD_A),
+             (ours.D_A, theirs.netD_B)]
     probe = torch.rand(1, 3, 32, 32, generator=batches) * 2 - 1
     for mine, authors in pairs:
         cancelled = biases_cancelled_by_instance_norm(mine)
@@ -103,14 +111,18 @@ def test_three_steps_match_the_authors_algorithm_to_float32_rounding(lambda_iden
             if name not in cancelled:
                 torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(mine(probe), authors(probe), rtol=1e-5, atol=1e-5)
-    assert not torch.equal(ours.G_A2B.model[1].weight, CycleGAN(**SMALL, seed=3).G_A2B.model[1].weight)
+    assert not torch.equal(ours.G_A2B.model[1].weight,
+                           CycleGAN(**SMALL, seed=3).G_A2B.model[1].weight)
 
 
-@pytest.mark.parametrize("network", [Generator(ngf=4, n_blocks=1), Discriminator(ndf=4)], ids=["G", "D"])
+@pytest.mark.parametrize("network", [Generator(ngf=4, n_blocks=1), Discriminator(ndf=4)],
+                         ids=["G", "D"])
 def test_one_call_on_a_batch_gives_each_image_the_outputs_and_gradients_of_its_own_call(network):
-    # What lets the step run G_A2B(real_A) with G_A2B(real_B), and D(real) with D(fake), as one call.
+    # What lets the step run G_A2B(real_A) with G_A2B(real_B), and D(real) with D(fake), as
+    # one call.
     network = network.double()
-    inputs = [torch.rand(1, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    inputs = [torch.rand(1, 3, 32, 32, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(i)) for i in range(3)]
     weights = [torch.rand_like(network(x)) for x in inputs]  # a different loss per image
 
     def outputs_and_gradients(outputs):
@@ -128,7 +140,8 @@ def test_pool_stores_copies_that_do_not_hold_on_to_the_batch_they_came_from():
     pool = ImagePool(2)
     batch = images(4)
     pool.query(batch)
-    assert all(im.untyped_storage().nbytes() == batch[0].numel() * batch.element_size() for im in pool.images)
+    assert all(im.untyped_storage().nbytes() == batch[0].numel() * batch.element_size()
+               for im in pool.images)
     batch.zero_()
     assert all(im.abs().sum() > 0 for im in pool.images)
 
@@ -184,8 +197,10 @@ def test_pool_state_round_trip_gives_the_same_future_choices():
         assert torch.equal(a.query(images(1, i)), b.query(images(1, i)))
 
 
-@pytest.mark.parametrize("epoch,factor", [(0, 1.0), (99, 1.0), (100, 100 / 101), (150, 50 / 101), (199, 1 / 101)])
-def test_lr_is_constant_for_decay_epoch_epochs_then_falls_linearly_towards_zero_at_n_epochs(epoch, factor):
+@pytest.mark.parametrize("epoch,factor", [(0, 1.0), (99, 1.0), (100, 100 / 101), (150, 50 / 101),
+                                          (199, 1 / 101)])
+def test_lr_is_constant_for_decay_epoch_epochs_then_falls_linearly_towards_zero_at_n_epochs(epoch,
+                                                                                            factor):
     assert linear_decay(epoch, n_epochs=200, decay_epoch=100) == pytest.approx(factor)
 
 

@@ -31,9 +31,10 @@ def frame_pixels(i, width, height):
     return pixels
 
 
-def write_video(path, n=12, size=(64, 48), rate=24, codec="libx264", pix_fmt="yuv420p", audio=None,
-                rotation=0, fmt=None):
-    """A video of n frames of frame_pixels; audio: None or (codec, sample rate) for a 440 Hz tone."""
+def write_video(path, n=12, size=(64, 48), rate=24, codec="libx264", pix_fmt="yuv420p",
+                audio=None, rotation=0, fmt=None):
+    """A video of n frames of frame_pixels; audio: None or (codec, sample rate) for a 440 Hz
+    tone."""
     width, height = size
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with av.open(str(path), "w", format=fmt) as out:
@@ -43,7 +44,8 @@ def write_video(path, n=12, size=(64, 48), rate=24, codec="libx264", pix_fmt="yu
             video.set_display_rotation(rotation)
         sound = out.add_stream(audio[0], rate=audio[1]) if audio else None
         for i in range(n):
-            out.mux(video.encode(av.VideoFrame.from_ndarray(frame_pixels(i, width, height), format="rgb24")))
+            out.mux(video.encode(av.VideoFrame.from_ndarray(frame_pixels(i, width, height),
+                                                            format="rgb24")))
         out.mux(video.encode(None))
         if sound:
             write_tone(out, sound, Fraction(n, rate))
@@ -52,9 +54,11 @@ def write_video(path, n=12, size=(64, 48), rate=24, codec="libx264", pix_fmt="yu
 
 def write_tone(out, stream, seconds):
     rate = stream.codec_context.sample_rate
-    samples = (np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate) * 0.3).astype(np.float32)
+    samples = (np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate)
+               * 0.3).astype(np.float32)
     for start in range(0, len(samples), 1024):
-        frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="flt", layout="mono")
+        frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="flt",
+                                           layout="mono")
         frame.sample_rate = rate
         out.mux(stream.encode(frame))
     out.mux(stream.encode(None))
@@ -74,7 +78,8 @@ def translated(generator_file, pixels, pix_fmt="yuv420p"):
     image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() / 127.5 - 1
     fake = translate(G.eval(), image[None])[0]
     fake = ((fake + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    return av.VideoFrame.from_ndarray(fake, format="rgb24").reformat(format=pix_fmt).to_ndarray(format="rgb24")
+    return (av.VideoFrame.from_ndarray(fake, format="rgb24").reformat(format=pix_fmt)
+            .to_ndarray(format="rgb24"))
 
 
 def mean_difference(a, b):
@@ -85,8 +90,9 @@ def stream_facts(path):
     with av.open(str(path)) as container:
         video = container.streams.video[0]
         first = next(container.decode(video=0))
-        return {"frames": video.frames, "rate": video.average_rate, "size": (first.width, first.height),
-                "rotation": first.rotation, "audio": [a.codec_context.name for a in container.streams.audio],
+        return {"frames": video.frames, "rate": video.average_rate,
+                "size": (first.width, first.height), "rotation": first.rotation,
+                "audio": [a.codec_context.name for a in container.streams.audio],
                 "codec": video.codec_context.name, "format": container.format.name}
 
 
@@ -105,7 +111,8 @@ def smooth_generator():
                 m.weight.zero_()
                 m.bias.zero_()
                 size = m.weight.shape[-1]
-                kernel = upsample if isinstance(m, torch.nn.ConvTranspose2d) else torch.nn.functional.pad(blur, [(size - 3) // 2] * 4)
+                kernel = (upsample if isinstance(m, torch.nn.ConvTranspose2d)
+                          else torch.nn.functional.pad(blur, [(size - 3) // 2] * 4))
                 for c in range(6 if size == 3 else 3):
                     m.weight[c, c] = kernel
         first, last = G.model[1], G.model[-2]
@@ -126,7 +133,8 @@ def translate_video(clip, generator, results, *flags):
                       "--device", "cpu", *flags)
 
 
-def test_each_frame_of_the_video_is_translated_at_the_inputs_frame_count_rate_and_size(tmp_path, generator):
+def test_each_frame_of_the_video_is_translated_at_the_inputs_frame_count_rate_and_size(tmp_path,
+                                                                                       generator):
     clip = write_video(tmp_path / "clip.mp4", n=20, rate=25)
     result = translate_video(clip, generator, tmp_path / "out", "--batch_size", "3")
     assert result.returncode == 0, result.stderr
@@ -182,12 +190,14 @@ def test_pcm_audio_of_a_mov_becomes_aac_of_the_same_length(tmp_path, generator):
 def test_mp3_audio_is_copied_as_it_is(tmp_path, generator):
     clip = write_video(tmp_path / "clip.mp4", n=24, audio=("libmp3lame", 44100))
     assert translate_video(clip, generator, tmp_path / "out").returncode == 0
-    assert stream_facts(tmp_path / "out" / "A2B" / "clip.mp4")["audio"] == [stream_facts(clip)["audio"][0]]
+    assert (stream_facts(tmp_path / "out" / "A2B" / "clip.mp4")["audio"]
+            == [stream_facts(clip)["audio"][0]])
 
 
 def test_an_mkv_whose_last_frame_is_held_is_complete_not_truncated(tmp_path, generator):
     source = write_video(tmp_path / "source.mp4", n=10, rate=30)
-    held = remux(source, tmp_path / "held.mkv", last_frame_seconds=0.7)  # 9 frames of 1/30 s, then 0.7 s: 1 s
+    # 9 frames of 1/30 s, then 0.7 s: 1 s
+    held = remux(source, tmp_path / "held.mkv", last_frame_seconds=0.7)
     result = translate_video(held, generator, tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert len(decoded_frames(tmp_path / "out" / "A2B" / "held.mp4")) == 10
@@ -199,7 +209,8 @@ def test_an_mkv_whose_last_frame_is_held_is_complete_not_truncated(tmp_path, gen
     ("avi", "mjpeg", "yuvj420p", ("pcm_s16le", 44100)),
 ])
 def test_webm_mkv_and_avi_inputs_become_mp4(tmp_path, generator, container, codec, pix_fmt, audio):
-    clip = write_video(tmp_path / f"clip.{container}", n=10, codec=codec, pix_fmt=pix_fmt, audio=audio)
+    clip = write_video(tmp_path / f"clip.{container}", n=10, codec=codec, pix_fmt=pix_fmt,
+                       audio=audio)
     assert translate_video(clip, generator, tmp_path / "out").returncode == 0
     facts = stream_facts(tmp_path / "out" / "A2B" / "clip.mp4")
     assert "mp4" in facts["format"] and facts["codec"] == "h264"
@@ -238,7 +249,8 @@ def test_side_by_side_puts_the_input_left_of_its_translation(tmp_path, generator
         assert mean_difference(frame[:, 64:], translated(generator, source)) < TOLERANCE
 
 
-def test_a_folder_of_images_and_videos_translates_both_and_the_page_plays_the_videos(tmp_path, generator):
+def test_a_folder_of_images_and_videos_translates_both_and_the_page_plays_the_videos(tmp_path,
+                                                                                     generator):
     folder = tmp_path / "mine"
     write_image(str(folder / "photo.png"))
     write_video(folder / "clip.mp4", n=3)
@@ -252,20 +264,24 @@ def test_a_folder_of_images_and_videos_translates_both_and_the_page_plays_the_vi
     assert "<a href='#A2B'>A2B (1 image, 1 video)</a>" in page
 
 
-VIDEO_STATES = """return Array.from(document.querySelectorAll('video')).map(v => [
-    v.getAttribute('src'), v.readyState, v.duration, v.videoWidth, v.videoHeight, v.error && v.error.code])"""
+VIDEO_STATES = ("return Array.from(document.querySelectorAll('video')).map(v => [\n"
+                "    v.getAttribute('src'), v.readyState, v.duration, v.videoWidth, v.videoHeight,"
+                " v.error && v.error.code])")
 
 
-def test_the_results_page_plays_the_input_and_the_translation_in_a_browser(tmp_path, generator, browser):
+def test_the_results_page_plays_the_input_and_the_translation_in_a_browser(tmp_path, generator,
+                                                                            browser):
     clip = write_video(tmp_path / "it's #1 at 50%.mp4", n=24, size=(128, 96), audio=("aac", 44100))
     assert translate_video(clip, generator, tmp_path / "out", "--side_by_side").returncode == 0
     browser.get((tmp_path / "out" / "index.html").as_uri())
     deadline = time.time() + 30
-    while any(state[1] < 1 for state in browser.execute_script(VIDEO_STATES)) and time.time() < deadline:
+    while (any(state[1] < 1 for state in browser.execute_script(VIDEO_STATES))
+           and time.time() < deadline):
         time.sleep(0.2)  # readyState 1: the browser has read the video's size and duration
     states = browser.execute_script(VIDEO_STATES)
     assert [(src, width, height, error) for src, _, _, width, height, error in states] == [
-        ("real_A/it%27s%20%231%20at%2050%25.mp4", 128, 96, None), ("A2B/it%27s%20%231%20at%2050%25.mp4", 256, 96, None)]
+        ("real_A/it%27s%20%231%20at%2050%25.mp4", 128, 96, None),
+        ("A2B/it%27s%20%231%20at%2050%25.mp4", 256, 96, None)]
     assert all(abs(duration - 1.0) < 0.1 for _, _, duration, *_ in states), states
 
 
@@ -328,8 +344,10 @@ def zero_frames(path):
 
 BAD_VIDEOS = {
     "garbage": (lambda d: garbage(d / "x.mp4"), "not a readable video"),
-    "index at the end, cut": (lambda d: cut(write_video(d / "x.mp4", n=30)), "not a readable video"),
-    "index at the front, cut": (lambda d: cut(remux_faststart(write_video(d / "a.mp4", n=30), d / "x.mp4")),
+    "index at the end, cut": (lambda d: cut(write_video(d / "x.mp4", n=30)),
+                              "not a readable video"),
+    "index at the front, cut": (lambda d: cut(remux_faststart(write_video(d / "a.mp4", n=30),
+                                                              d / "x.mp4")),
                                 "truncated"),
     "mkv, cut": (lambda d: cut(write_video(d / "x.mkv", n=60)), "truncated"),
     "no video stream": (lambda d: audio_only(d / "x.mp4"), "no video stream"),
@@ -346,11 +364,13 @@ def test_a_bad_video_is_one_line_naming_it_and_leaves_no_output(tmp_path, genera
     # Found before translating: one line. A cut-off mkv is found at its end, under its progress bar.
     *bar, error = result.stderr.strip().splitlines()
     assert error.startswith(f"test.py: error: {clip}: {words}"), error
-    assert all(line.startswith("A2B x.mkv") for line in bar) and (not bar or kind == "mkv, cut"), bar
+    assert (all(line.startswith("A2B x.mkv") for line in bar)
+            and (not bar or kind == "mkv, cut")), bar
     assert not [f for _, _, files in os.walk(tmp_path / "out") for f in files]
 
 
-def test_ffmpeg_refusing_to_write_is_one_line_naming_the_video_and_leaves_no_output(tmp_path, generator,
+def test_ffmpeg_refusing_to_write_is_one_line_naming_the_video_and_leaves_no_output(tmp_path,
+                                                                                    generator,
                                                                                     monkeypatch):
     import video
 
@@ -361,7 +381,8 @@ def test_ffmpeg_refusing_to_write_is_one_line_naming_the_video_and_leaves_no_out
     clip = write_video(tmp_path / "clip.mp4", n=3)
     result = translate_video(clip, generator, tmp_path / "out")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"test.py: error: {clip}: cannot write its translation (Invalid argument)"
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"test.py: error: {clip}: cannot write its translation (Invalid argument)")
     assert not (tmp_path / "out").exists()
 
 
@@ -377,12 +398,14 @@ def test_interrupting_a_video_leaves_no_partial_file(tmp_path, generator, monkey
     monkeypatch.setattr(test_py, "translate", interrupted_on_the_third_batch)
     clip = write_video(tmp_path / "clip.mp4", n=12, audio=("aac", 44100))
     result = translate_video(clip, generator, tmp_path / "out")
-    assert result.returncode == 130 and "test.py: interrupted; nothing was translated" in result.stderr
+    assert (result.returncode == 130
+            and "test.py: interrupted; nothing was translated" in result.stderr)
     assert len(calls) == 3
     assert not (tmp_path / "out").exists()  # nor the folders made for it
 
 
-def test_interrupting_a_folder_keeps_what_was_finished_and_its_page(tmp_path, generator, monkeypatch):
+def test_interrupting_a_folder_keeps_what_was_finished_and_its_page(tmp_path, generator,
+                                                                    monkeypatch):
     test_py = load_script("test.py")
     real_translate = test_py.translate
 
@@ -395,7 +418,8 @@ def test_interrupting_a_folder_keeps_what_was_finished_and_its_page(tmp_path, ge
     folder = tmp_path / "mine"
     write_image(str(folder / "photo.png"))
     write_video(folder / "clip.mp4", n=4)
-    result = run_script("test.py", "--input", folder, "--weights", generator, "--device", "cpu", "--workers", "0")
+    result = run_script("test.py", "--input", folder, "--weights", generator, "--device", "cpu",
+                        "--workers", "0")
     assert result.returncode == 130
     assert f"the files translated so far (1) are in {tmp_path / 'results_mine'}" in result.stderr
     assert os.listdir(tmp_path / "results_mine" / "A2B") == ["photo.png"]
@@ -405,10 +429,12 @@ def test_interrupting_a_folder_keeps_what_was_finished_and_its_page(tmp_path, ge
 def test_sigterm_mid_video_exits_143_and_leaves_no_partial_file(tmp_path, generator):
     clip = write_video(tmp_path / "long.mp4", n=400, size=(256, 256))
     out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "test.py"), "--input", clip, "--weights", generator,
-                                "--results", str(out), "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "test.py"), "--input", clip,
+                                "--weights", generator, "--results", str(out), "--device", "cpu"],
+                               stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (out / "A2B" / "long.mp4.part").exists() and time.time() < deadline and process.poll() is None:
+    while (not (out / "A2B" / "long.mp4.part").exists() and time.time() < deadline
+           and process.poll() is None):
         time.sleep(0.05)
     process.terminate()
     _, stderr = process.communicate(timeout=60)
@@ -417,7 +443,8 @@ def test_sigterm_mid_video_exits_143_and_leaves_no_partial_file(tmp_path, genera
     assert not out.exists()
 
 
-def test_without_pyav_a_video_is_one_line_saying_what_to_install_and_images_still_work(tmp_path, generator):
+def test_without_pyav_a_video_is_one_line_saying_what_to_install_and_images_still_work(tmp_path,
+                                                                                       generator):
     clip = write_video(tmp_path / "clip.mp4", n=2)
     folder = tmp_path / "mine"
     write_image(str(folder / "photo.png"))
@@ -428,23 +455,28 @@ def test_without_pyav_a_video_is_one_line_saying_what_to_install_and_images_stil
     env = {**os.environ, "PYTHONPATH": str(hide_av)}
 
     def run(source):
-        return subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), "--input", str(source), "--weights",
-                               generator, "--device", "cpu", "--workers", "0"], capture_output=True, text=True, env=env)
+        return subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), "--input",
+                               str(source), "--weights", generator, "--device", "cpu",
+                               "--workers", "0"], capture_output=True, text=True, env=env)
 
     assert_user_error(run(clip), f"{clip}: translating videos needs PyAV: pip install av")
     result = run(folder)
     assert result.returncode == 0, result.stderr
-    assert f"skipped {folder / 'clip.mp4'}: translating videos needs PyAV: pip install av" in result.stderr
+    assert (f"skipped {folder / 'clip.mp4'}: translating videos needs PyAV: pip install av"
+            in result.stderr)
     assert os.listdir(tmp_path / "results_mine" / "A2B") == ["photo.png"]
 
 
 def peak_memory_mib(clip, generator, results):
     """The peak resident memory of a test.py process translating `clip`."""
-    code = ("import os, resource, runpy, sys; sys.argv = sys.argv[1:]; sys.path.insert(0, os.path.dirname(sys.argv[0]))\n"
+    code = ("import os, resource, runpy, sys; sys.argv = sys.argv[1:]; "
+            "sys.path.insert(0, os.path.dirname(sys.argv[0]))\n"
             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-            "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)")
-    done = subprocess.run([sys.executable, "-c", code, os.path.join(ROOT, "test.py"), "--input", str(clip),
-                           "--weights", generator, "--results", str(results), "--device", "cpu", "--batch_size", "4"],
+            "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "
+            "file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, os.path.join(ROOT, "test.py"),
+                           "--input", str(clip), "--weights", generator, "--results", str(results),
+                           "--device", "cpu", "--batch_size", "4"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return int(done.stderr.strip().splitlines()[-1])
@@ -455,7 +487,8 @@ def test_memory_stays_flat_however_long_the_video(tmp_path, generator):
     # ahead unbounded measured 82 MiB more here; streaming measured 2.
     short = write_video(tmp_path / "short.mp4", n=100, size=(256, 256))
     long = write_video(tmp_path / "long.mp4", n=400, size=(256, 256))
-    growth = peak_memory_mib(long, generator, tmp_path / "b") - peak_memory_mib(short, generator, tmp_path / "a")
+    growth = (peak_memory_mib(long, generator, tmp_path / "b")
+              - peak_memory_mib(short, generator, tmp_path / "a"))
     assert growth < 25, f"{growth} MiB more for 4 times the frames"
 
 

@@ -1,0 +1,215 @@
+"""The CycleGAN model (Zhu et al. 2017): two generators, two discriminators, the paper's
+losses and one optimisation step, usable without train.py's command line.
+
+    model = CycleGAN(device="cuda")
+    losses = model.step(real_A, real_B)  # Losses of tensors on the device
+    print(losses.floats())               # waits for the device
+
+G_A2B translates domain A to B and G_B2A back; D_A judges domain-A images, D_B domain-B
+ones. The generators minimise, in this order (section 3 and 5.2 of the paper):
+  loss_G_GAN      LSGAN: D_B(G_A2B(a)) and D_A(G_B2A(b)) against 1
+  loss_G_cycle    lambda_cycle * (|G_B2A(G_A2B(a)) - a| + |G_A2B(G_B2A(b)) - b|)
+  loss_G_identity lambda_cycle * lambda_identity * (|G_A2B(b) - b| + |G_B2A(a) - a|)
+then the discriminators minimise loss_D, LSGAN on real images against 1 and on generated ones,
+drawn from a replay buffer of pool_size images, against 0, halved.
+"""
+import typing
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from models import Discriminator, Generator
+from utils import ImagePool, amp_dtype
+
+
+class Losses(typing.NamedTuple):
+    """The losses of one step, in the columns of losses.csv: the generators' total and its
+    three terms, and the discriminators' total."""
+    loss_G: torch.Tensor
+    loss_G_GAN: torch.Tensor
+    loss_G_cycle: torch.Tensor
+    loss_G_identity: torch.Tensor
+    loss_D: torch.Tensor
+
+    def floats(self):
+        """{name: value} as Python floats; waits for the device."""
+        return dict(zip(self._fields, torch.stack(self).tolist()))
+
+
+LOSS_NAMES = Losses._fields
+# Smaller training crops leave the discriminator's later layers a single pixel to normalise.
+MIN_SIZE = 24
+
+
+def lsgan(prediction, is_real):
+    """Least-squares GAN loss against a target of 1 (real) or 0 (fake) for every patch."""
+    prediction = prediction.float()
+    target = torch.ones_like(prediction) if is_real else torch.zeros_like(prediction)
+    return nn.functional.mse_loss(prediction, target)
+
+
+def l1(x, y):
+    return nn.functional.l1_loss(x.float(), y.float())
+
+
+def batched(net, *inputs):
+    """net applied to each input, in one call on their concatenation. InstanceNorm normalises
+    each image on its own, so this gives the outputs and gradients of separate calls (to
+    float rounding) with fewer, larger kernels."""
+    outputs = net(torch.cat(inputs)) if len(inputs) > 1 else net(inputs[0])
+    return outputs.split([len(x) for x in inputs])
+
+
+def adam(nets, lr):
+    """The paper's Adam (betas 0.5, 0.999) over the networks' parameters. Fused where torch has
+    a fused kernel for the device: it updates all parameters in one pass, where the default
+    per-tensor loop took as long as a tenth of a 128x128 iteration on a CPU
+    (docs/benchmarks.md); torch older than 2.5 has none for MPS, and refuses."""
+    parameters = [p for net in nets for p in net.parameters()]
+    try:
+        return torch.optim.Adam(parameters, lr=lr, betas=(0.5, 0.999), fused=True)
+    except RuntimeError:
+        return torch.optim.Adam(parameters, lr=lr, betas=(0.5, 0.999))
+
+
+def _set_requires_grad(nets, flag):
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+class CycleGAN:
+    """The two generators (G_A2B, G_B2A), the two discriminators (D_A judges domain-A images,
+    D_B domain-B images), their two Adam optimisers and the two replay buffers."""
+
+    def __init__(self, *, device="cpu", ngf=64, ndf=64, n_blocks=9, lr=2e-4, lambda_cycle=10.0,
+                 lambda_identity=0.5, pool_size=50, seed=0, amp=False, channels_last=False,
+                 rank=0):
+        self.device = torch.device(device)
+        self.lambda_cycle, self.lambda_identity = lambda_cycle, lambda_identity
+        self.amp_dtype = amp_dtype(self.device) if amp else None
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.G_A2B = Generator(ngf=ngf, n_blocks=n_blocks)
+            self.G_B2A = Generator(ngf=ngf, n_blocks=n_blocks)
+            self.D_A = Discriminator(ndf=ndf)
+            self.D_B = Discriminator(ndf=ndf)
+        for net in self.networks().values():
+            net.to(self.device, memory_format=self.memory_format)
+        self.opt_G = adam([self.G_A2B, self.G_B2A], lr)
+        self.opt_D = adam([self.D_A, self.D_B], lr)
+        # fp16 gradients need scaling against underflow; bf16 and fp32 ones do not.
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16)
+        # Each torchrun process keeps its own buffers, with its own random stream.
+        self.pool_A = ImagePool(pool_size, seed=2 * seed + 1_000_003 * rank)  # fake A, for D_A
+        self.pool_B = ImagePool(pool_size, seed=2 * seed + 1 + 1_000_003 * rank)  # fake B, for D_B
+        self.trained = self.networks()  # the networks that get gradients; wrapped by `distribute`
+        self.visuals = {}
+
+    def autocast(self):
+        """Mixed precision for the networks when amp is on; the losses are taken in fp32."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype,
+                              enabled=self.amp_dtype is not None)
+
+    def step(self, real_A, real_B):
+        """One optimisation step of the generators, then of the discriminators, on a batch
+        from each domain. The Losses stay on the device, so that a GPU can run ahead until
+        someone reads them."""
+        real_A = real_A.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        real_B = real_B.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        with self.autocast():
+            fake_B, fake_A, rec_A, rec_B, idt_B, idt_A = self._generate(real_A, real_B)
+            # The discriminators are frozen here and called unwrapped: their gradient is not
+            # wanted, and a DistributedDataParallel wrapper would wait for it.
+            _set_requires_grad((self.D_A, self.D_B), False)
+            loss_G_GAN = lsgan(self.D_B(fake_B), True) + lsgan(self.D_A(fake_A), True)
+            loss_G_cycle = self.lambda_cycle * (l1(rec_A, real_A) + l1(rec_B, real_B))
+            loss_G_identity = torch.zeros((), device=self.device)
+            if self.lambda_identity > 0:
+                loss_G_identity = (self.lambda_cycle * self.lambda_identity
+                                   * (l1(idt_B, real_B) + l1(idt_A, real_A)))
+            loss_G = loss_G_GAN + loss_G_cycle + loss_G_identity
+        self._optimise(self.opt_G, loss_G)
+
+        _set_requires_grad((self.D_A, self.D_B), True)
+        with self.autocast():
+            loss_D = (self._discriminator_loss("D_A", real_A, self.pool_A.query(fake_A))
+                      + self._discriminator_loss("D_B", real_B, self.pool_B.query(fake_B)))
+        self._optimise(self.opt_D, loss_D)
+        self.scaler.update()
+
+        self.visuals = {"real_A": real_A, "fake_B": fake_B.detach(), "rec_A": rec_A.detach(),
+                        "real_B": real_B, "fake_A": fake_A.detach(), "rec_B": rec_B.detach()}
+        losses = Losses(loss_G, loss_G_GAN, loss_G_cycle, loss_G_identity, loss_D)
+        return Losses(*(loss.detach() for loss in losses))
+
+    def _generate(self, real_A, real_B):
+        """fake_B, fake_A, the reconstructions rec_A and rec_B, and, with the identity loss,
+        idt_B = G_A2B(real_B) and idt_A = G_B2A(real_A) (Taigman et al.: a generator should
+        leave an image of its target domain unchanged), else None for both. Passes through
+        the same generator share one call."""
+        G_A2B, G_B2A = self.trained["G_A2B"], self.trained["G_B2A"]
+        if self.lambda_identity > 0:
+            fake_B, idt_B = batched(G_A2B, real_A, real_B)
+            fake_A, rec_A, idt_A = batched(G_B2A, real_B, fake_B, real_A)
+        else:
+            fake_B, idt_B = G_A2B(real_A), None
+            fake_A, rec_A = batched(G_B2A, real_B, fake_B)
+            idt_A = None
+        rec_B = G_A2B(fake_A)
+        return fake_B, fake_A, rec_A, rec_B, idt_B, idt_A
+
+    def _discriminator_loss(self, name, real, fake):
+        # Halved so that D learns at half the rate of G, as in the paper.
+        on_real, on_fake = batched(self.trained[name], real, fake.detach())
+        return 0.5 * (lsgan(on_real, True) + lsgan(on_fake, False))
+
+    def _optimise(self, optimizer, loss):
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+
+    def compile(self):
+        """torch.compile the four networks in place (their state_dict keys stay the same).
+        The first iterations then take minutes to compile; see README, Speed."""
+        for net in self.networks().values():
+            net.compile()
+
+    def distribute(self):
+        """Average gradients over the torchrun processes with DistributedDataParallel (which
+        also copies rank 0's weights to all). The plain networks stay the ones saved, so the
+        state_dict keys do not change."""
+        devices = [self.device] if self.device.type == "cuda" else None
+        self.trained = {name: DistributedDataParallel(net, device_ids=devices)
+                        for name, net in self.networks().items()}
+
+    def set_lr(self, lr):
+        for group in self.opt_G.param_groups + self.opt_D.param_groups:
+            group["lr"] = lr
+
+    def networks(self):
+        return {"G_A2B": self.G_A2B, "G_B2A": self.G_B2A, "D_A": self.D_A, "D_B": self.D_B}
+
+    def state_dict(self):
+        state = {name: net.state_dict() for name, net in self.networks().items()}
+        state.update(opt_G=self.opt_G.state_dict(), opt_D=self.opt_D.state_dict(),
+                     scaler=self.scaler.state_dict(), pool_A=self.pool_A.state_dict(),
+                     pool_B=self.pool_B.state_dict())
+        return state
+
+    def load_state_dict(self, state):
+        for name, net in self.networks().items():
+            net.load_state_dict(state[name])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        if state.get("scaler"):  # empty unless the run used fp16
+            self.scaler.load_state_dict(state["scaler"])
+        for name, pool in (("pool_A", self.pool_A), ("pool_B", self.pool_B)):
+            if name not in state:  # a torchrun process other than rank 0 starts with empty buffers
+                continue
+            pool_state = dict(state[name])
+            pool_state["images"] = [im.to(self.device) for im in pool_state["images"]]
+            pool.load_state_dict(pool_state)

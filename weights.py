@@ -1,0 +1,165 @@
+"""Generators loaded for translation: from a training output folder, a generator .pth file or
+train.py's checkpoint.pth, or the authors' published generators, downloaded once. The
+architecture (--ngf, --n_blocks) is read from the weights, and a file that does not fit says how.
+"""
+import functools
+import os
+
+from models import Generator
+from utils import DIRECTIONS, RunFailure, UserError, download, load_weights
+
+# The authors' published generators, each translating one way, and the one for the way back.
+PRETRAINED = {
+    "horse2zebra": "zebra2horse", "zebra2horse": "horse2zebra",
+    "summer2winter_yosemite": "winter2summer_yosemite",
+    "winter2summer_yosemite": "summer2winter_yosemite",
+    "apple2orange": "orange2apple", "orange2apple": "apple2orange",
+    "style_monet": "monet2photo", "monet2photo": "style_monet",
+    "style_cezanne": None, "style_ukiyoe": None, "style_vangogh": None,
+    "sat2map": "map2sat", "map2sat": "sat2map",
+    "facades_photo2label": "facades_label2photo", "facades_label2photo": "facades_photo2label",
+    "iphone2dslr_flower": None,
+    "cityscapes_photo2label": "cityscapes_label2photo",
+    "cityscapes_label2photo": "cityscapes_photo2label",
+}
+MODELS_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
+PRETRAINED_CACHE = os.path.join("output", "pretrained")
+
+
+def pretrained_path(name):
+    """Where the authors' generator NAME is kept once downloaded."""
+    return os.path.join(PRETRAINED_CACHE, f"{name}.pth")
+
+
+def fetch_pretrained(name):
+    """Download the authors' generator NAME to pretrained_path(NAME), unless it is there."""
+    path = pretrained_path(name)
+    if os.path.isfile(path):
+        return
+    try:
+        os.makedirs(PRETRAINED_CACHE, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{PRETRAINED_CACHE}: cannot write there ({e.strerror or e})")
+    url = f"{os.environ.get('CYCLEGAN_MODELS_URL', MODELS_URL).rstrip('/')}/{name}.pth"
+    download(url, path, hint="or set CYCLEGAN_MODELS_URL to a mirror")
+    try:
+        load_weights(path)
+    except Exception:
+        os.remove(path)  # else every later run would find it cached and fail on it
+        raise RunFailure(f"{url} did not give a weights file torch can read; removed it, run again "
+                         "to download it anew")
+
+
+def load_generators(weights, directions, ngf, n_blocks, device):
+    """{direction: (G, G_back)}: the generator for each direction, and the one for the way back
+    (for reconstructions) where the weights hold both, else None; on `device`, in eval mode."""
+    states = generator_states(weights, directions)
+    nets = {d: build_generator(*states[d], ngf, n_blocks, device) for d in directions}
+    pairs = {}
+    for direction in directions:
+        back = "B2A" if direction == "A2B" else "A2B"
+        G_back = nets.get(back)
+        if G_back is None and holds_both(weights):
+            path, state = generator_states(weights, [back])[back]
+            G_back = build_generator(path, state, ngf, n_blocks, device)
+        pairs[direction] = (nets[direction], G_back)
+    return pairs
+
+
+def generator_states(weights, directions):
+    """{direction: (file, state_dict)} from a training output folder, a bare generator file
+    (ours or the authors'), or train.py's checkpoint.pth (which holds both generators)."""
+    if os.path.isdir(weights):
+        files = {d: os.path.join(weights, f"net{DIRECTIONS[d].generator}.pth")
+                 for d in directions}
+        for path in files.values():
+            if not os.path.isfile(path):
+                raise UserError(f"{path}: not found; --weights must be a folder written by "
+                                "train.py")
+        return {d: (path, _read(path)) for d, path in files.items()}
+    if not os.path.isfile(weights):
+        raise UserError(f"--weights {weights}: no such file or folder")
+    state = _read(weights)
+    if isinstance(state, dict) and "model" in state:
+        return {d: (weights, state["model"][DIRECTIONS[d].generator]) for d in directions}
+    if len(directions) > 1:
+        raise UserError(f"{weights}: holds one generator; add --direction A2B or B2A")
+    return {directions[0]: (weights, state)}
+
+
+def holds_both(weights):
+    """Whether `weights` has G_A2B and G_B2A: a full training output folder or a checkpoint."""
+    if os.path.isdir(weights):
+        return all(os.path.isfile(os.path.join(weights, f"net{d.generator}.pth"))
+                   for d in DIRECTIONS.values())
+    state = _read(weights)
+    return isinstance(state, dict) and "model" in state
+
+
+def _read(path):
+    try:
+        return _load(os.path.abspath(path), os.stat(path).st_mtime_ns)
+    except Exception as e:
+        raise UserError(f"{path}: not a weights file torch can read safely ({type(e).__name__})")
+
+
+@functools.lru_cache(maxsize=2)  # holds_both and generator_states may both read one checkpoint.pth
+def _load(path, mtime_ns):
+    return load_weights(path)
+
+
+def build_generator(path, state, ngf, n_blocks, device):
+    """A Generator holding `state`; --ngf and --n_blocks default to what the file holds."""
+    found = architecture(state)
+    if found is None:
+        raise UserError(f"{path}: holds no CycleGAN generator (no model.1.weight)")
+    ngf = found[0] if ngf is None else ngf
+    n_blocks = found[1] if n_blocks is None else n_blocks
+    G = Generator(ngf=ngf, n_blocks=n_blocks)
+    problem = _first_mismatch(G.state_dict(), state)
+    layout = other_layout(state)
+    if problem and layout:
+        raise UserError(f"{path}: holds a generator in another layout ({'; '.join(layout)}); "
+                        "test.py reads the authors' layout (residual blocks under "
+                        "model.N.conv_block, InstanceNorm without weights), which train.py writes")
+    if problem:
+        raise UserError(f"{path}: does not fit --ngf {ngf} --n_blocks {n_blocks}; it holds a "
+                        f"generator for --ngf {found[0]} --n_blocks {found[1]} ({problem})")
+    G.load_state_dict(state, strict=True)
+    return G.to(device).eval()
+
+
+def architecture(state):
+    """(ngf, n_blocks) of a generator state_dict in the authors' layout, or None."""
+    try:
+        ngf = state["model.1.weight"].shape[0]
+        return ngf, sum(key.endswith("conv_block.1.weight") for key in state)
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return None
+
+
+def other_layout(state):
+    """How a generator state_dict departs from the authors' layout, as other CycleGAN code
+    saves it: residual blocks named otherwise, or norm layers with weights of their own."""
+    parts = [key.split(".") for key in state]
+    blocks = sorted({".".join(p[:3]) for p in parts
+                     if len(p) == 5 and p[0] == "model" and p[2] != "conv_block"})
+    norms = [key for key in state
+             if key.endswith(".weight") and getattr(state[key], "ndim", 0) == 1]
+    found = [f"residual blocks under {blocks[0]}"] if blocks else []
+    if any(key.endswith("running_mean") for key in state):
+        found.append("BatchNorm layers")
+    elif norms:
+        found.append(f"InstanceNorm with affine weights ({norms[0]})")
+    return found
+
+
+def _first_mismatch(expected, state):
+    for key, tensor in expected.items():
+        if key not in state:
+            return f"{key} is missing"
+        shape = tuple(getattr(state[key], "shape", ()))
+        if shape != tuple(tensor.shape):
+            return f"{key} has shape {shape}, expected {tuple(tensor.shape)}"
+    unexpected = [key for key in state if key not in expected]
+    return f"unexpected key {unexpected[0]}" if unexpected else None
