@@ -23,8 +23,8 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from datasets import IMG_EXTENSIONS, ImageFiles, check_image, domain_dir, list_images
-from models import translate
 from results_page import write_index
+from tiles import translate_within
 from utils import (DIRECTIONS, ArgumentParser, RunFailure, UserError, add_amp_argument,
                    add_device_argument, add_workers_argument, amp_dtype, default_output,
                    empty_cache, fail, is_out_of_memory, pick_device, precision_name,
@@ -65,6 +65,10 @@ def build_parser():
     p.add_argument("--side_by_side", action="store_true",
                    help="videos: each frame of the translated video shows the input on the left "
                    "and its translation on the right, as demonstrations show them")
+    p.add_argument("--memory_gb", type=float,
+                   help="memory one translation may use: an image runs whole while it needs a "
+                   "quarter of this or less, else in tiles, with the same pixels (default: 3/4 "
+                   "of the free GPU memory, or of the available RAM on a CPU)")
     add_amp_argument(p, training=False)
     add_workers_argument(p, "image-loading")
     return p
@@ -75,6 +79,7 @@ def resolve(args):
     folder}. Downloads nothing: --pretrained's file is fetched once the options are known good."""
     require(args, 0, "workers")
     require(args, 1, "ngf", "n_blocks", "batch_size")
+    require(args, 0.1, "memory_gb")
     if args.pretrained:
         check_pretrained(args)
     if args.dataroot is not None:
@@ -177,15 +182,18 @@ class Settings:
     batch_size: int
     workers: int  # image-loading processes
     side_by_side: bool  # videos: input and translation in one frame
+    memory: float | None  # bytes one translation may use (--memory_gb); None: tiles.py decides
 
 
 class Translator:
     """The one place a batch of images is translated: by G, and G_back where given, on the
-    device. A batch too large for the GPU's memory is translated by CPU copies of them instead,
-    with a warning naming its images."""
+    device, whole or in tiles within the memory budget (tiles.py), with a line saying so. A
+    batch that still does not fit in the GPU's memory is translated by CPU copies of the
+    generators, with a warning naming its images."""
 
     def __init__(self, G, G_back, settings):
         self.G, self.G_back, self.device, self.on_cpu = G, G_back, settings.device, None
+        self.memory = settings.memory
         self.autocast = torch.autocast(self.device.type, dtype=amp_dtype(self.device),
                                        enabled=settings.amp)
 
@@ -195,7 +203,7 @@ class Translator:
         try:
             with self.autocast:
                 on_device = images.to(self.device, non_blocking=True)
-                return self._run(self.G, self.G_back, on_device, reconstruct)
+                return self._run(self.G, self.G_back, on_device, names, reconstruct)
         except RuntimeError as e:  # torch.OutOfMemoryError is one
             if not is_out_of_memory(e):
                 raise
@@ -206,14 +214,45 @@ class Translator:
             height, width = images.shape[-2:]
             tqdm.write(f"warning: {', '.join(names)} ({width}x{height}) does not fit in "
                        f"{self.device}'s memory; translated on the CPU", file=sys.stderr)
-            return self._run(*self.on_cpu, images, reconstruct)
+            return self._run(*self.on_cpu, images, names, reconstruct)
 
-    @staticmethod
-    def _run(G, G_back, images, reconstruct):
-        fakes = translate(G, images)
+    def _run(self, G, G_back, images, names, reconstruct):
+        fakes = self._translate(G, images, names, "translated")
         if G_back is None or not reconstruct:
             return fakes.float().cpu(), [None] * len(fakes)
-        return fakes.float().cpu(), translate(G_back, fakes).float().cpu()
+        recs = self._translate(G_back, fakes, names, "reconstructed")
+        return fakes.float().cpu(), recs.float().cpu()
+
+    def _translate(self, G, images, names, what):
+        with TileBar(f"{names[0]} {what} in tiles") as bar:
+            output, tiled = translate_within(G, images, self.memory, progress=bar.update)
+        if tiled:
+            height, width = images.shape[-2:]
+            budget = f"{self.memory / 1e9:.1f} GB" if self.memory else "the free memory"
+            tqdm.write(f"{', '.join(names)} ({width}x{height}) {what} in tiles, to stay "
+                       f"within {budget} (--memory_gb); same pixels as whole")
+        return output
+
+
+class TileBar:
+    """A progress bar for the tiles of one large image, opened at its first tile: an image
+    translated whole has none."""
+
+    def __init__(self, description):
+        self.description, self.bar = description, None
+
+    def __enter__(self):
+        return self
+
+    def update(self, done, total):
+        if total > 1 and self.bar is None:
+            self.bar = tqdm(desc=self.description, total=total, unit="tile", leave=False)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def translate_direction(direction, paths, translator, settings):
@@ -369,7 +408,8 @@ def main(argv=None):
     amp = use_amp(args.amp, device, training=False)
     print(f"device {device} ({precision_name(amp_dtype(device) if amp else None)})")
     settings = Settings(results=args.results, device=device, amp=amp, batch_size=args.batch_size,
-                        workers=args.workers, side_by_side=args.side_by_side)
+                        workers=args.workers, side_by_side=args.side_by_side,
+                        memory=args.memory_gb and args.memory_gb * 1e9)
     translated = {d: [] for d in inputs}
     with page_however_it_stops(args, translated, nets):
         for direction, (G, G_back) in nets.items():

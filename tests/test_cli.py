@@ -409,14 +409,14 @@ def test_a_photo_too_large_for_gpu_memory_is_translated_on_the_cpu_with_one_warn
     from models import Generator, translate
     G = Generator(ngf=8, n_blocks=1).eval()
 
-    def running_out_of_memory(net, images):
+    def running_out_of_memory(net, images, memory, progress):
         if net is G and images.shape[-1] > 40:  # only the device's own copy runs out
             raise out_of_memory
-        return translate(net, images)
+        return translate(net, images), False
 
-    monkeypatch.setattr(test_py, "translate", running_out_of_memory)
+    monkeypatch.setattr(test_py, "translate_within", running_out_of_memory)
     settings = test_py.Settings(results="", device=torch.device("cpu"), amp=False, batch_size=1,
-                                workers=0, side_by_side=False)
+                                workers=0, side_by_side=False, memory=None)
     translator = test_py.Translator(G, None, settings)
     small, large = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 48, 64) * 2 - 1
     with torch.inference_mode():

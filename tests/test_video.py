@@ -389,13 +389,13 @@ def test_ffmpeg_refusing_to_write_is_one_line_naming_the_video_and_leaves_no_out
 def test_interrupting_a_video_leaves_no_partial_file(tmp_path, generator, monkeypatch):
     test_py, calls = load_script("test.py"), []
 
-    def interrupted_on_the_third_batch(G, images):
+    def interrupted_on_the_third_batch(G, images, memory, progress):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return torch.zeros_like(images)
+        return torch.zeros_like(images), False
 
-    monkeypatch.setattr(test_py, "translate", interrupted_on_the_third_batch)
+    monkeypatch.setattr(test_py, "translate_within", interrupted_on_the_third_batch)
     clip = write_video(tmp_path / "clip.mp4", n=12, audio=("aac", 44100))
     result = translate_video(clip, generator, tmp_path / "out")
     assert (result.returncode == 130
@@ -407,14 +407,14 @@ def test_interrupting_a_video_leaves_no_partial_file(tmp_path, generator, monkey
 def test_interrupting_a_folder_keeps_what_was_finished_and_its_page(tmp_path, generator,
                                                                     monkeypatch):
     test_py = load_script("test.py")
-    real_translate = test_py.translate
+    real_translate = test_py.translate_within
 
-    def interrupted_on_a_video_frame(G, images):
+    def interrupted_on_a_video_frame(G, images, memory, progress):
         if images.shape[-2:] == (48, 64):  # the video's frames; the photo is 40x40
             raise KeyboardInterrupt
-        return real_translate(G, images)
+        return real_translate(G, images, memory, progress)
 
-    monkeypatch.setattr(test_py, "translate", interrupted_on_a_video_frame)
+    monkeypatch.setattr(test_py, "translate_within", interrupted_on_a_video_frame)
     folder = tmp_path / "mine"
     write_image(str(folder / "photo.png"))
     write_video(folder / "clip.mp4", n=4)
