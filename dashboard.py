@@ -172,12 +172,13 @@ def options_table(options):
     """The run's options as an HTML table, and the pane size (width and height in pixels)
     that shows all of it: visdom 0.3.0 opens a text pane that overflows scrolled to its end."""
     cells = [(name, json.dumps(value)) for name, value in options.items()]
-    short = [cell for cell in cells if len(" = ".join(cell)) <= SHORT_OPTION]
-    long = [cell for cell in cells if len(" = ".join(cell)) > SHORT_OPTION]
+    length = {cell: len(" = ".join(cell)) for cell in cells}
+    short = [cell for cell in cells if length[cell] <= SHORT_OPTION]
+    long = [cell for cell in cells if length[cell] > SHORT_OPTION]
     rows = [short[i:i + OPTIONS_COLUMNS] for i in range(0, len(short), OPTIONS_COLUMNS)]
-    column = max((len(" = ".join(cell)) for cell in short), default=SHORT_OPTION) + 2
+    column = max((length[cell] for cell in short), default=SHORT_OPTION) + 2
     width = OPTIONS_COLUMNS * column  # in characters
-    lines = len(rows) + sum(-(-len(" = ".join(cell)) // width) for cell in long)
+    lines = len(rows) + sum(-(-length[cell] // width) for cell in long)
     body = "".join("<tr>" + "".join(_option_cell(cell) for cell in row) + "</tr>" for row in rows)
     body += "".join(f"<tr>{_option_cell(cell, span=OPTIONS_COLUMNS)}</tr>" for cell in long)
     table = f'<table style="font-size: 12px; line-height: {LINE_HEIGHT}px">{body}</table>'
@@ -187,8 +188,7 @@ def options_table(options):
 def _option_cell(cell, span=1):
     name, value = (html.escape(part) for part in cell)
     style = "padding: 0 1ch; word-break: break-all; vertical-align: top"
-    return (f'<td colspan="{span}" style="{style}">'
-            f'<b>{name}</b> = {value}</td>')
+    return f'<td colspan="{span}" style="{style}"><b>{name}</b> = {value}</td>'
 
 
 def _visdom_client(server, port, env, timeout):

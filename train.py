@@ -228,8 +228,8 @@ class Position:
     def after_step(self, pairs):
         return dataclasses.replace(self, pairs=self.pairs + pairs, iteration=self.iteration + 1)
 
-    def next_epoch(self):
-        return dataclasses.replace(self, epoch=self.epoch + 1, pairs=0)
+    def next_epoch(self, seconds):
+        return dataclasses.replace(self, epoch=self.epoch + 1, pairs=0, seconds=seconds)
 
 
 def check_same_weights(model, world_size):
@@ -618,7 +618,7 @@ def train(args, checkpoint, launch):
             sampler.set_epoch(at.epoch, start=at.pairs)
             with epoch_bar(loader, at, args, launch) as bar:
                 at = train_epoch(run, bar, at, stop)
-            at = dataclasses.replace(at.next_epoch(), seconds=run.record.seconds())
+            at = at.next_epoch(run.record.seconds())
             save_run(model, args, launch, at)
             if args.eval_every and at.epoch % args.eval_every == 0:
                 if launch.writes:

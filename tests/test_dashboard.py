@@ -198,7 +198,7 @@ def test_the_options_table_shows_every_option_with_its_value_escaped():
     assert "<b>output</b> = &quot;runs/&lt;a&amp;b&gt;&quot;" in table
 
 
-def test_the_options_pane_grows_with_its_rows_so_that_it_opens_at_the_first_option():
+def test_the_options_pane_is_sized_for_its_rows_and_its_wrapped_long_values():
     _, three = options_table({f"option_{i}": i for i in range(3)})  # one row
     _, four = options_table({f"option_{i}": i for i in range(4)})  # two rows
     _, wrapped = options_table({"option_0": 0, "dataroot": "/data/" * 40})  # a long value wraps
