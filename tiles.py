@@ -1,5 +1,8 @@
 """Translate images of any size in bounded memory, with the same pixels as the whole-image pass.
 
+A batch runs whole where it fits, else in the largest sub-batches that fit; only an image that
+does not fit alone runs in tiles.
+
 Tiles cannot simply be translated one by one: InstanceNorm normalises every channel with the
 mean and variance of the whole image, so independent tiles come out with other colours and
 seams. Here the generator runs segment by segment instead, a segment ending at each
@@ -36,6 +39,9 @@ MIN_TILE, MAX_TILE_CPU, MAX_TILE_GPU = 64, 512, 2048
 # tiled pass costs 7-10% more time (docs/benchmarks.md) and leaves the machine most of its
 # memory (a 12 MP photo: 3.5 GB of peak memory instead of 11.8).
 WHOLE_PASS_SHARE = 0.25
+# GPU kernels index with 32-bit integers, and some (CUDA's reflection padding among them) refuse
+# tensors of more elements than this; CPU kernels index with 64 bits.
+MAX_ELEMENTS = 2**31 - 1
 
 
 def padded_size(h, w):
@@ -47,6 +53,22 @@ def whole_pass_bytes(G, h, w):
     """Estimated peak memory (bytes) of models.translate on one h x w image, beyond torch's own."""
     ngf = G.model[1].out_channels
     return WHOLE_BYTES_PER_PIXEL_PER_NGF * ngf * math.prod(padded_size(h, w))
+
+
+def largest_activation(G, h, w):
+    """Elements of the largest tensor the generator makes of one h x w image (or tile): its
+    ngf-channel map at full resolution, reflection-padded for the last convolution."""
+    ngf, pad = G.model[1].out_channels, G.model[0].padding[0]
+    return ngf * math.prod(side + 2 * pad for side in padded_size(h, w))
+
+
+def whole_batch_size(G, h, w, budget, device):
+    """How many h x w images may run whole together: within WHOLE_PASS_SHARE of the budget and,
+    off the CPU, with no tensor over MAX_ELEMENTS. 0 means that one image alone does not fit."""
+    n = int(budget * WHOLE_PASS_SHARE // whole_pass_bytes(G, h, w))
+    if torch.device(device).type != "cpu":
+        n = min(n, MAX_ELEMENTS // largest_activation(G, h, w))
+    return n
 
 
 def tiled_host_bytes(G, h, w, storage_dtype=torch.float32):
@@ -95,27 +117,33 @@ def memory_budget(device):
 
 def choose_tile(G, budget_bytes, device="cpu"):
     """The largest tile side (a multiple of 4, from MIN_TILE up to the device's maximum) whose
-    working memory fits the budget; larger tiles repeat less of their halo."""
+    working memory fits the budget; larger tiles repeat less of their halo. Off the CPU, no
+    tensor of a tile (largest_activation of the tile) may exceed MAX_ELEMENTS either."""
     ngf = G.model[1].out_channels
     side = int(math.sqrt(max(budget_bytes, 0) / (TILE_BYTES_PER_PIXEL_PER_NGF * ngf)))
-    largest = MAX_TILE_GPU if torch.device(device).type == "cuda" else MAX_TILE_CPU
-    return min(largest, max(MIN_TILE, side - side % 4))
+    largest = MAX_TILE_CPU
+    if torch.device(device).type != "cpu":
+        pad = G.model[0].padding[0]
+        largest = min(MAX_TILE_GPU, math.isqrt(MAX_ELEMENTS // ngf) - 2 * pad)
+    return min(largest - largest % 4, max(MIN_TILE, side - side % 4))
 
 
 def translate_within(G, image, budget_bytes=None, progress=None):
     """models.translate(G, image) within a memory budget; returns (output, tiled).
 
-    The whole-image pass runs when its estimate needs at most WHOLE_PASS_SHARE of the budget
-    (by default memory_budget of G's device); otherwise the tiled pass, with a tile and a
-    storage place chosen to fit the budget: on the CPU host memory shares the budget with the
-    tiles, and activations that do not fit go to a temporary file. `progress(done, total)`,
-    if given, is called as tiles complete.
+    Images run whole, as many together as whole_batch_size allows within the budget (by
+    default memory_budget of G's device), a batch split into sub-batches where it must be.
+    An image that does not fit alone runs in tiles, with a tile and a storage place chosen
+    to fit the budget: on the CPU host memory shares the budget with the tiles, and
+    activations that do not fit go to a temporary file. `progress(done, total)`, if given,
+    is called as tiles complete.
     """
     device = next(G.parameters()).device
     budget = memory_budget(device) if budget_bytes is None else budget_bytes
-    n, _, h, w = image.shape
-    if n * whole_pass_bytes(G, h, w) <= budget * WHOLE_PASS_SHARE:
-        output = models.translate(G, image)
+    _, _, h, w = image.shape
+    together = whole_batch_size(G, h, w, budget, device)
+    if together:
+        output = torch.cat([models.translate(G, part) for part in image.split(together)])
         if progress is not None:
             progress(1, 1)
         return output, False

@@ -140,6 +140,53 @@ def single_thread():
         yield
 
 
+GPU_MEMORY = 80 << 30  # what the fake GPU reports free: an H100's
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Run CUDA code paths without a GPU (../shared/notes/cuda-without-a-gpu.md): inside, tensors
+    on "cuda" have shapes, dtypes and devices but no values, mixing them with CPU tensors fails
+    as on a GPU, and what torch.cuda would ask the driver is patched: an Ampere-class GPU with
+    GPU_MEMORY free. The fixture is the mode, for `with fake_cuda:`; networks made before it
+    move with .to("cuda") inside. torch.cuda.is_available stays False, since moving a module
+    asks the driver when it is True: patch it only while making a CUDA autocast."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    for name, value in {"is_bf16_supported": True, "device_count": 1,
+                        "get_device_capability": (9, 0), "mem_get_info": (GPU_MEMORY, GPU_MEMORY),
+                        "memory_reserved": 0, "memory_allocated": 0}.items():
+        monkeypatch.setattr(torch.cuda, name, lambda *a, value=value, **k: value)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+class LargestTensor:
+    """A dispatch mode that records the most elements of any tensor made on `device_type`."""
+
+    def __init__(self, device_type):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+        recorder = self
+        self.largest = 0
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_leaves(out):
+                    if isinstance(t, torch.Tensor) and t.device.type == device_type:
+                        recorder.largest = max(recorder.largest, t.numel())
+                return out
+
+        self.mode = Mode()
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -144,3 +144,100 @@ def test_test_py_tiles_a_photo_beyond_its_memory_budget_and_writes_the_whole_ima
                   for run in ("tiled", "whole")]
         assert pixels[0].shape == (443, 601, 3)
         assert np.abs(pixels[0] - pixels[1]).max() <= 1  # PNG rounding of equal floats, at most
+
+
+def test_a_batch_that_does_not_fit_whole_runs_whole_in_the_largest_sub_batches_that_do(
+        G, monkeypatch):
+    images = photo(60, 80, n=8)
+    budget = 2.5 * tiles.whole_pass_bytes(G, 60, 80) / tiles.WHOLE_PASS_SHARE  # room for two
+    sizes = []
+    whole_pass = tiles.models.translate
+    monkeypatch.setattr(tiles.models, "translate",
+                        lambda G, x: sizes.append(len(x)) or whole_pass(G, x))
+    out, tiled = tiles.translate_within(G, images, budget)
+    assert not tiled and sizes == [2, 2, 2, 2]
+    one_by_one = torch.cat([whole_pass(G, image[None]) for image in images])
+    assert largest_difference(out, one_by_one) <= TOLERANCE
+
+
+def test_only_an_image_that_does_not_fit_alone_is_tiled(G):
+    images = photo(60, 80, n=3)
+    budget = 0.9 * tiles.whole_pass_bytes(G, 60, 80) / tiles.WHOLE_PASS_SHARE
+    out, tiled = tiles.translate_within(G, images, budget)
+    assert tiled
+    assert largest_difference(out, translate(G, images)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("size", [(64, 64), (101, 77), (31, 250)])
+def test_largest_activation_counts_the_largest_tensor_of_the_whole_pass(G, size):
+    from conftest import LargestTensor
+    with LargestTensor("cpu") as recorded:
+        translate(G, photo(*size, n=2))
+    assert recorded.largest == 2 * tiles.largest_activation(G, *size)
+
+
+def test_on_a_gpu_no_sub_batch_makes_a_tensor_of_more_than_2_31_elements():
+    with torch.device("meta"):  # the real size, without its weights' memory
+        G64 = Generator(ngf=64, n_blocks=9)
+    unlimited = 1e18
+    for h, w in ((1080, 1920), (2160, 3840), (4320, 7680)):
+        together = tiles.whole_batch_size(G64, h, w, unlimited, "cuda")
+        assert together * tiles.largest_activation(G64, h, w) <= tiles.MAX_ELEMENTS
+        assert (together + 1) * tiles.largest_activation(G64, h, w) > tiles.MAX_ELEMENTS
+    # A 48 MP photo has 3.1e9 elements in one activation: tiled whatever the memory.
+    assert tiles.whole_batch_size(G64, 6000, 8000, unlimited, "cuda") == 0
+    assert tiles.whole_batch_size(G64, 6000, 8000, unlimited, "cpu") > 0
+
+
+def test_on_a_gpu_no_tile_makes_a_tensor_of_more_than_2_31_elements(fake_cuda):
+    from conftest import LargestTensor
+    with torch.device("meta"):
+        wide = Generator(ngf=1024, n_blocks=1)
+    tile = tiles.choose_tile(wide, 1e18, "cuda")
+    assert tiles.largest_activation(wide, tile, tile) <= tiles.MAX_ELEMENTS
+    assert tiles.largest_activation(wide, tile + 4, tile + 4) > tiles.MAX_ELEMENTS
+    # ... and largest_activation of the tile is what the tiled pass makes on the device.
+    small = Generator(ngf=8, n_blocks=2).eval()
+    with fake_cuda:
+        small.to("cuda")
+        image = torch.zeros(1, 3, 100, 120, device="cuda")  # 2 x 2 tiles
+        with LargestTensor("cuda") as recorded:
+            tiles.translate_tiled(small, image, tile=64)
+    assert recorded.largest == tiles.largest_activation(small, 64, 64)
+
+
+def test_a_batch_on_a_gpu_is_translated_there_in_sub_batches(fake_cuda, monkeypatch):
+    G_cuda = Generator(ngf=8, n_blocks=2).eval()
+    sizes = []
+    whole_pass = tiles.models.translate
+    monkeypatch.setattr(tiles.models, "translate",
+                        lambda G, x: sizes.append((len(x), x.device.type)) or whole_pass(G, x))
+    room = 3.5 * tiles.whole_pass_bytes(G_cuda, 1080, 1920) / tiles.WHOLE_PASS_SHARE
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (room * 4 / 3, room * 4 / 3))
+    with fake_cuda:
+        G_cuda.to("cuda")
+        frames = torch.zeros(8, 3, 1080, 1920, device="cuda")
+        out, tiled = tiles.translate_within(G_cuda, frames)
+    assert not tiled and out.shape == frames.shape and out.device.type == "cuda"
+    assert sizes == [(3, "cuda"), (3, "cuda"), (2, "cuda")]
+
+
+def test_test_py_translates_a_batch_beyond_its_budget_whole_with_the_pixels_of_batch_1(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from conftest import run_script, save_generator, write_image
+    weights = save_generator(tmp_path / "G.pth")
+    for i in range(8):
+        write_image(str(tmp_path / "mine" / f"{i}.png"), size=(320, 280), seed=i)
+    # Whole, one 320x280 image at ngf 8 needs about 11 MB: two fit in a quarter of 0.1 GB.
+    runs = {batch: run_script("test.py", "--input", tmp_path / "mine", "--weights", weights,
+                              "--device", "cpu", "--workers", "0", "--memory_gb", "0.1",
+                              "--batch_size", batch, "--results", tmp_path / f"batch{batch}")
+            for batch in (8, 1)}
+    for result in runs.values():
+        assert result.returncode == 0 and "in tiles" not in result.stdout, result.stderr
+    for i in range(8):
+        pixels = [np.asarray(Image.open(tmp_path / f"batch{b}" / "A2B" / f"{i}.png"), int)
+                  for b in (8, 1)]
+        assert np.abs(pixels[0] - pixels[1]).max() <= 1  # float rounding of equal images
