@@ -22,7 +22,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cyclegan import MIN_SIZE, CycleGAN
-from datasets import EpochSampler, UnalignedDataset, domain_dir, list_images
+from datasets import (EpochSampler, UnalignedDataset, domain_dir, from_pixels, list_images,
+                      to_pixels)
 from models import translate
 from utils import (ArgumentParser, UserError, add_amp_argument, add_device_argument,
                    default_load_size, fail, pick_device, require, synchronize, use_amp)
@@ -179,7 +180,7 @@ def time_video(path, model, args):
     def generate(frames):
         with torch.inference_mode(), model.autocast():
             frames = frames.to(model.device, memory_format=model.memory_format)
-            return translate(model.G_A2B, frames).float().cpu()
+            return to_pixels(translate(model.G_A2B, from_pixels(frames))).cpu()
 
     rates = []
     with tempfile.TemporaryDirectory() as out:
@@ -188,7 +189,8 @@ def time_video(path, model, args):
                 with VideoReader(path) as video:
                     start = time.perf_counter()
                     translate_frames(video, generate, os.path.join(out, "real.mp4"),
-                                     os.path.join(out, "fake.mp4"), args.batch_size)
+                                     os.path.join(out, "fake.mp4"), args.batch_size,
+                                     pin=model.device.type == "cuda")
                     rates.append(video.count / (time.perf_counter() - start))
             except VideoError as e:
                 raise UserError(f"--video {path}: {e}")

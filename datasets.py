@@ -117,7 +117,18 @@ def _high_bit_depth_to_l(img):
 
 def to_tensor(img):
     """PIL RGB image to a 3xHxW float tensor in [-1, 1]."""
-    return TF.normalize(TF.to_tensor(img), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    return from_pixels(TF.pil_to_tensor(img))
+
+
+def from_pixels(pixels):
+    """uint8 pixels, on any device, to floats in [-1, 1]: torchvision's to_tensor and
+    normalize, operation for operation, so that translation sees what training saw."""
+    return pixels.float().div(255).sub(0.5).div(0.5)
+
+
+def to_pixels(images):
+    """Floats in [-1, 1] to uint8 pixels, rounded as torchvision's save_image rounds."""
+    return images.float().mul(0.5).add(0.5).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
 
 
 def augment(img, load_size, size, generator):
@@ -210,8 +221,9 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Images at native size for translation: (tensor in [-1, 1], index), or (None, index)
-    with a warning for a file that cannot be read."""
+    """Images at native size for translation: (3xHxW uint8 pixels, index), or (None, index)
+    with a warning for a file that cannot be read. Pixels, not floats: a quarter of the
+    bytes to pass from the workers and to copy to a GPU, which normalises them itself."""
 
     def __init__(self, paths):
         self.paths = paths
@@ -221,7 +233,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            return to_tensor(load_rgb(self.paths[i])), i
+            return TF.pil_to_tensor(load_rgb(self.paths[i])).contiguous(), i
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
             print(f"warning: skipping {self.paths[i]}: {describe(e)}", file=sys.stderr)
             return None, i

@@ -16,19 +16,19 @@ import dataclasses
 import os
 import signal
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from torchvision.utils import save_image
+from PIL import Image
 from tqdm import tqdm
 
-from datasets import IMG_EXTENSIONS, ImageFiles, check_image, domain_dir, list_images
+from datasets import (IMG_EXTENSIONS, ImageFiles, check_image, domain_dir, from_pixels,
+                      list_images, to_pixels)
 from results_page import write_index
 from tiles import translate_within
-from utils import (DIRECTIONS, ArgumentParser, RunFailure, UserError, add_amp_argument,
+from utils import (DIRECTIONS, ArgumentParser, Behind, RunFailure, UserError, add_amp_argument,
                    add_device_argument, add_workers_argument, amp_dtype, default_output,
                    empty_cache, fail, is_out_of_memory, pick_device, precision_name,
-                   report_skipped, require, same_size_batches, use_amp)
+                   report_skipped, require, same_size_batches, usable_cores, use_amp)
 from video import (VIDEO_EXTENSIONS, VideoError, VideoReader, check_video, is_video,
                    translate_frames)
 from weights import MODELS_URL, PRETRAINED, fetch_pretrained, load_generators, pretrained_path
@@ -189,7 +189,8 @@ class Translator:
     """The one place a batch of images is translated: by G, and G_back where given, on the
     device, whole or in tiles within the memory budget (tiles.py), with a line saying so. A
     batch that still does not fit in the GPU's memory is translated by CPU copies of the
-    generators, with a warning naming its images."""
+    generators, with a warning naming its images. Pixels go to the device and come back as
+    uint8, normalised and rounded there: a quarter of the bytes of floats each way."""
 
     def __init__(self, G, G_back, settings):
         self.G, self.G_back, self.device, self.on_cpu = G, G_back, settings.device, None
@@ -197,12 +198,12 @@ class Translator:
         self.autocast = torch.autocast(self.device.type, dtype=amp_dtype(self.device),
                                        enabled=settings.amp)
 
-    def __call__(self, images, names, reconstruct=True):
+    def __call__(self, pixels, names, reconstruct=True):
         """The translations and reconstructions (None where there is no G_back, or without
-        `reconstruct`), on the CPU."""
+        `reconstruct`) of a batch of uint8 pixels, as uint8 pixels on the CPU."""
         try:
             with self.autocast:
-                on_device = images.to(self.device, non_blocking=True)
+                on_device = pixels.to(self.device, non_blocking=True)
                 return self._run(self.G, self.G_back, on_device, names, reconstruct)
         except RuntimeError as e:  # torch.OutOfMemoryError is one
             if not is_out_of_memory(e):
@@ -211,17 +212,17 @@ class Translator:
             if self.on_cpu is None:
                 self.on_cpu = [None if net is None else copy.deepcopy(net).cpu()
                                for net in (self.G, self.G_back)]
-            height, width = images.shape[-2:]
+            height, width = pixels.shape[-2:]
             tqdm.write(f"warning: {', '.join(names)} ({width}x{height}) does not fit in "
                        f"{self.device}'s memory; translated on the CPU", file=sys.stderr)
-            return self._run(*self.on_cpu, images, names, reconstruct)
+            return self._run(*self.on_cpu, pixels, names, reconstruct)
 
-    def _run(self, G, G_back, images, names, reconstruct):
-        fakes = self._translate(G, images, names, "translated")
+    def _run(self, G, G_back, pixels, names, reconstruct):
+        fakes = self._translate(G, from_pixels(pixels), names, "translated")
         if G_back is None or not reconstruct:
-            return fakes.float().cpu(), [None] * len(fakes)
+            return to_pixels(fakes).cpu(), [None] * len(fakes)
         recs = self._translate(G_back, fakes, names, "reconstructed")
-        return fakes.float().cpu(), recs.float().cpu()
+        return to_pixels(fakes).cpu(), to_pixels(recs).cpu()
 
     def _translate(self, G, images, names, what):
         with TileBar(f"{names[0]} {what} in tiles") as bar:
@@ -273,7 +274,7 @@ def translate_direction(direction, paths, translator, settings):
 
 def translate_images(direction, names, translator, settings):
     """Translate the images `names` maps to their output names, up to --batch_size of one size
-    at a time, while worker processes read the next images and a thread writes the PNGs; yields
+    at a time, while worker processes read the next images and threads write the PNGs; yields
     each file. Where the translator has G_back, the reconstructions are written too."""
     if not names:
         return
@@ -284,27 +285,38 @@ def translate_images(direction, names, translator, settings):
         os.makedirs(os.path.join(settings.results, folder), exist_ok=True)
     paths, outputs = list(names), list(names.values())
     loader = torch.utils.data.DataLoader(ImageFiles(paths), batch_size=None,
-                                         num_workers=settings.workers,
-                                         pin_memory=settings.device.type == "cuda")
-    writes = []
-    with ThreadPoolExecutor(max_workers=1) as writer, tqdm(desc=direction, total=len(paths)) as bar:
-        for images, indices in same_size_batches(loader, settings.batch_size):
-            fakes, recs = translator(images, [outputs[i] for i in indices])
-            for image, fake, rec, i in zip(images, fakes, recs, indices):
-                writes.append(writer.submit(save_images, image, fake, rec, settings.results,
-                                            direction, outputs[i]))
+                                         num_workers=settings.workers)
+    pin = settings.device.type == "cuda"
+    with png_writer() as writer, tqdm(desc=direction, total=len(paths)) as bar:
+        for pixels, indices in same_size_batches(loader, settings.batch_size, pin):
+            fakes, recs = translator(pixels, [outputs[i] for i in indices])
+            for image, fake, rec, i in zip(pixels, fakes, recs, indices):
+                writer.submit(save_images, image, fake, rec, settings.results, direction,
+                              outputs[i])
                 yield f"{outputs[i]}.png"
             bar.update(len(indices))
-        for write in writes:
-            write.result()  # a failed write (a full disk) raises here
+
+
+def png_writer():
+    """A thread per core writes the PNGs (encoding one releases the GIL: two threads wrote
+    1.9 times as many as one on 2 cores, docs/benchmarks.md), each with one more image
+    waiting at most, so that a GPU translating faster than they write waits for them rather
+    than filling the host's memory with translations."""
+    threads = usable_cores()
+    return Behind(threads, limit=2 * threads)
 
 
 def save_images(image, fake, rec, results, direction, name):
+    """An input and its translation (and reconstruction, unless None), 3xHxW uint8, as PNGs."""
     domain = DIRECTIONS[direction].source
-    save_image(image * 0.5 + 0.5, os.path.join(results, f"real_{domain}", f"{name}.png"))
-    save_image(fake * 0.5 + 0.5, os.path.join(results, direction, f"{name}.png"))
+    save_png(image, os.path.join(results, f"real_{domain}", f"{name}.png"))
+    save_png(fake, os.path.join(results, direction, f"{name}.png"))
     if rec is not None:
-        save_image(rec * 0.5 + 0.5, os.path.join(results, f"rec_{domain}", f"{name}.png"))
+        save_png(rec, os.path.join(results, f"rec_{domain}", f"{name}.png"))
+
+
+def save_png(pixels, path):
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path)
 
 
 def translate_video(direction, path, name, translator, settings):
@@ -324,7 +336,8 @@ def translate_video(direction, path, name, translator, settings):
                                           total=video.frame_count(), unit="frame",
                                           smoothing=0) as bar:
         translate_frames(video, generate, real, fake, settings.batch_size,
-                         side_by_side=settings.side_by_side, progress=bar.update)
+                         side_by_side=settings.side_by_side, pin=settings.device.type == "cuda",
+                         progress=bar.update)
         bar.total = bar.n  # the count was an estimate from the duration (mkv, webm)
     return file
 

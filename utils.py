@@ -1,8 +1,9 @@
 """What the scripts share, in five groups: errors and the command line; devices and
 precision; training pieces (the replay buffer, the learning-rate schedule, same-size
-batches); files (atomic writes, downloads, weights); signals; and the run's record (the
-loss log and the sample grids; its visdom dashboard is dashboard.py)."""
+batches); files (atomic writes, downloads, writes in background threads, weights); signals;
+and the run's record (the loss log and the sample grids; its visdom dashboard is dashboard.py)."""
 import argparse
+import collections
 import csv
 import io
 import math
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import typing
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from PIL import Image, ImageDraw
@@ -78,10 +80,15 @@ def report_skipped(skipped, limit=20):
         print(f"skipped {len(skipped) - limit} more files", file=sys.stderr)
 
 
+def usable_cores():
+    """The CPU cores this process may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
 def default_workers():
     """4 loader processes, or fewer on a machine with fewer usable cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(4, cores or 1)
+    return min(4, usable_cores())
 
 
 def add_device_argument(parser):
@@ -287,21 +294,28 @@ def _as_random_state(state):
     return (version, tuple(internal), gauss)
 
 
-def same_size_batches(items, batch_size):
+def same_size_batches(items, batch_size, pin=False):
     """Stack consecutive images of one size into batches of up to batch_size: yields each
     batch with the indices that came with its images. `items` gives (image, index) pairs;
-    an image of None (an unreadable file, already reported) is left out."""
+    an image of None (an unreadable file, already reported) is left out. With `pin` (for a
+    CUDA GPU), batches are stacked straight into page-locked memory: only from there does a
+    copy to the GPU leave the host free, and a stack of pinned images is not pinned."""
     images, indices = [], []
     for image, i in items:
         if image is None:
             continue
         if images and (len(images) == batch_size or image.shape != images[0].shape):
-            yield torch.stack(images), indices
+            yield _stack(images, pin), indices
             images, indices = [], []
         images.append(image)
         indices.append(i)
     if images:
-        yield torch.stack(images), indices
+        yield _stack(images, pin), indices
+
+
+def _stack(images, pin):
+    batch = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype, pin_memory=pin)
+    return torch.stack(images, out=batch)
 
 
 def linear_decay(epoch, n_epochs, decay_epoch):
@@ -312,7 +326,7 @@ def linear_decay(epoch, n_epochs, decay_epoch):
     return 1.0 - max(0, epoch + 1 - decay_epoch) / (n_epochs - decay_epoch + 1)
 
 
-# Files: atomic writes, downloads, weights
+# Files: atomic writes, downloads, writes in the background, weights
 
 def download(url, path, hint):
     """Fetch `url` into `path` with a progress bar. An interrupted download stays in
@@ -368,6 +382,32 @@ def _atomic_write(path, write):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+class Behind:
+    """Jobs done by `threads` background threads while the caller goes on, at most `limit` of
+    them unfinished: `submit` then waits for the oldest, so that work handed over, and the
+    tensors it holds, cannot pile up faster than it is done. Leaving the `with` block waits
+    for every job handed over (also on an error: none is lost), then raises the first
+    failure."""
+
+    def __init__(self, threads, limit):
+        self.pool, self.limit = ThreadPoolExecutor(max_workers=threads), limit
+        self.pending = collections.deque()
+
+    def __enter__(self):
+        return self
+
+    def submit(self, fn, *args):
+        self.pending.append(self.pool.submit(fn, *args))
+        while len(self.pending) > self.limit:
+            self.pending.popleft().result()
+
+    def __exit__(self, kind, error, traceback):
+        self.pool.shutdown(wait=True)
+        if kind is None:
+            for job in self.pending:
+                job.result()
 
 
 def load_weights(path, map_location="cpu"):

@@ -7,17 +7,15 @@ while a thread decodes ahead and another encodes behind, and go back as H.264 in
 with the input's timing, frame rate and audio. Nothing holds more than a few frames,
 whatever the length of the video.
 """
-import collections
 import contextlib
 import os
 import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import torch
 
-from utils import describe, same_size_batches
+from utils import Behind, describe, same_size_batches
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi")
 INSTALL = "translating videos needs PyAV: pip install av"
@@ -43,33 +41,28 @@ def import_av():
 
 
 def translate_frames(video, generate, real_path, fake_path, batch_size, *, side_by_side=False,
-                     progress=None):
-    """Write each frame of `video` (a VideoReader) through `generate` (a batch of [-1, 1]
-    frames to their translations, on the CPU) to fake_path, and the frames as they went in
-    to real_path; with side_by_side, fake_path shows each input left of its translation.
-    `progress` is called with the number of frames of each batch done."""
+                     pin=False, progress=None):
+    """Write each frame of `video` (a VideoReader) through `generate` (a batch of uint8 frames
+    to their translations, uint8 on the CPU) to fake_path, and the frames as they went in to
+    real_path; with side_by_side, fake_path shows each input left of its translation. With
+    `pin`, batches are stacked in page-locked memory (for a CUDA GPU). `progress` is called
+    with the number of frames of each batch done."""
     width = 2 * video.width if side_by_side else video.width
     decoded = in_background(video.frames(), 2 * batch_size)
     # closing(decoded) stops the decoding thread on any way out, before the caller closes the
-    # file.
+    # file. The encoder may fall two batches behind, no more, rather than hold more frames.
     try:
         with (contextlib.closing(decoded),
               VideoWriter(real_path, video, video.width, video.height) as real,
               VideoWriter(fake_path, video, width, video.height) as fake,
-              ThreadPoolExecutor(max_workers=1) as encoder):
-            pending = collections.deque()
-            for frames, stamps in same_size_batches(decoded, batch_size):
-                translated = generate(frames.float() / 127.5 - 1)
-                fakes = ((translated + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
+              Behind(threads=1, limit=2) as encoder):
+            for frames, stamps in same_size_batches(decoded, batch_size, pin):
+                fakes = generate(frames)
                 if side_by_side:
                     fakes = torch.cat([frames, fakes], -1)
-                pending.append(encoder.submit(_encode, real, fake, frames, fakes, stamps))
-                if len(pending) > 2:  # the encoder is behind: wait, rather than hold more frames
-                    pending.popleft().result()
+                encoder.submit(_encode, real, fake, frames, fakes, stamps)
                 if progress:
                     progress(len(stamps))
-            for job in pending:
-                job.result()
     except video.error as e:  # FFmpeg refusing to encode or mux, say this file's audio
         raise VideoError(f"cannot write its translation ({_reason(e)})")
 

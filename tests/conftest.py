@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -160,31 +162,44 @@ def fake_cuda(monkeypatch):
     return FakeTensorMode(allow_non_fake_inputs=True)
 
 
-class LargestTensor:
-    """A dispatch mode that records the most elements of any tensor made on `device_type`."""
+class OpWatch(TorchDispatchMode):
+    """Inside, `seen(func, args, out)` is called for every aten operation."""
+
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.seen(func, args, out)
+        return out
+
+
+class LargestTensor(OpWatch):
+    """The most elements of any tensor made on `device_type` inside: `.largest`."""
 
     def __init__(self, device_type):
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_leaves
-        recorder = self
-        self.largest = 0
+        super().__init__(self.record)
+        self.device_type, self.largest = device_type, 0
 
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                for t in tree_leaves(out):
-                    if isinstance(t, torch.Tensor) and t.device.type == device_type:
-                        recorder.largest = max(recorder.largest, t.numel())
-                return out
+    def record(self, func, args, out):
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type == self.device_type:
+                self.largest = max(self.largest, t.numel())
 
-        self.mode = Mode()
 
-    def __enter__(self):
-        self.mode.__enter__()
-        return self
+class DeviceCopies(OpWatch):
+    """The bytes of each copy between devices made inside: `.to_device` (from the CPU to
+    another device) and `.to_host`, lists of sizes in order."""
 
-    def __exit__(self, *exc):
-        self.mode.__exit__(*exc)
+    def __init__(self):
+        super().__init__(self.record)
+        self.to_device, self.to_host = [], []
+
+    def record(self, func, args, out):
+        if func is torch.ops.aten._to_copy.default and args[0].device != out.device:
+            copies = self.to_device if args[0].device.type == "cpu" else self.to_host
+            copies.append(args[0].nbytes)
 
 
 def free_port():

@@ -406,6 +406,7 @@ def test_worker_processes_do_not_change_what_is_learned(dataset, tmp_path, singl
 def test_a_photo_too_large_for_gpu_memory_is_translated_on_the_cpu_with_one_warning(
         monkeypatch, capsys, out_of_memory):
     test_py = load_script("test.py")
+    from datasets import from_pixels, to_pixels
     from models import Generator, translate
     G = Generator(ngf=8, n_blocks=1).eval()
 
@@ -418,10 +419,12 @@ def test_a_photo_too_large_for_gpu_memory_is_translated_on_the_cpu_with_one_warn
     settings = test_py.Settings(results="", device=torch.device("cpu"), amp=False, batch_size=1,
                                 workers=0, side_by_side=False, memory=None)
     translator = test_py.Translator(G, None, settings)
-    small, large = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 48, 64) * 2 - 1
+    small, large = (torch.randint(0, 256, (1, 3, *size), dtype=torch.uint8)
+                    for size in ((32, 32), (48, 64)))
     with torch.inference_mode():
-        assert torch.equal(translator(small, ["small"])[0], translate(G, small))
-        assert torch.equal(translator(large, ["large"])[0], translate(G, large))
+        for pixels, name in ((small, "small"), (large, "large")):
+            expected = to_pixels(translate(G, from_pixels(pixels)))
+            assert torch.equal(translator(pixels, [name])[0], expected)
     assert capsys.readouterr().err.strip() == (
         "warning: large (64x48) does not fit in cpu's memory; translated on the CPU")
 
