@@ -34,8 +34,9 @@ from fid import inception_network
 from utils import (VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals, UserError,
                    add_amp_argument, add_device_argument, add_workers_argument, atomic_save,
                    atomic_write_text, cpu_bf16, default_load_size, default_output, describe, fail,
-                   ignore_stop_signals, linear_decay, load_weights, pick_device, precision_name,
-                   report_skipped, require, run_sibling, save_visuals, use_amp, visuals_grid)
+                   ignore_stop_signals, linear_decay, load_weights, on_cpu, pick_device,
+                   precision_name, report_skipped, require, run_sibling, save_visuals, use_amp,
+                   visuals_grid)
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
 # A checkpoint holds these, and where the epoch under way stands: "pairs" ("position" in
@@ -244,23 +245,32 @@ def check_same_weights(model, world_size):
         raise RunFailure("the torchrun processes no longer hold the same weights; nothing saved")
 
 
+def non_finite(model):
+    """The names of the networks holding a weight that is not finite, found with one wait for
+    the device rather than one per weight."""
+    finite = torch.stack([torch.stack([p.isfinite().all() for p in net.parameters()]).all()
+                          for net in model.networks().values()])
+    return [name for name, ok in zip(model.networks(), finite.tolist()) if not ok]
+
+
 def save_run(model, args, launch, at):
     """Bare generator and discriminator weights, then the full checkpoint, each written
-    atomically so that a kill at any moment leaves the previous complete files. Weights
-    that are no longer finite are never written over good ones. Under torchrun every process
-    checks that all hold the same weights, and rank 0 writes."""
-    for name, net in model.networks().items():
-        if not all(torch.isfinite(p).all() for p in net.parameters()):
-            raise RunFailure(f"{name} has non-finite weights at iteration {at.iteration}; "
-                             f"nothing saved, {args.output}/checkpoint.pth keeps the last good "
-                             "state; try a lower --lr")
+    atomically so that a kill at any moment leaves the previous complete files, and all as
+    CPU tensors, so that they load on a machine without a GPU even where the loader gives no
+    map_location. Weights that are no longer finite are never written over good ones. Under
+    torchrun every process checks that all hold the same weights, and rank 0 writes."""
+    bad = non_finite(model)
+    if bad:
+        raise RunFailure(f"{bad[0]} has non-finite weights at iteration {at.iteration}; "
+                         f"nothing saved, {args.output}/checkpoint.pth keeps the last good "
+                         "state; try a lower --lr")
     if launch.world_size > 1:
         check_same_weights(model, launch.world_size)
     if not launch.writes:
         return
     for name, net in model.networks().items():
-        atomic_save(net.state_dict(), os.path.join(args.output, f"net{name}.pth"))
-    checkpoint = {"model": model.state_dict(), "epoch": at.epoch, "pairs": at.pairs,
+        atomic_save(on_cpu(net.state_dict()), os.path.join(args.output, f"net{name}.pth"))
+    checkpoint = {"model": on_cpu(model.state_dict()), "epoch": at.epoch, "pairs": at.pairs,
                   "iteration": at.iteration, "seconds": at.seconds, "options": vars(args),
                   "world_size": launch.world_size,
                   "rng": {"torch": torch.get_rng_state()}}  # training draws from no CUDA generator

@@ -410,6 +410,17 @@ class Behind:
                 job.result()
 
 
+def on_cpu(state):
+    """A state_dict, or nested dicts, lists and tuples of them, with every tensor on the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return type(state)((key, on_cpu(value)) for key, value in state.items())
+    if isinstance(state, (list, tuple)):
+        return type(state)(on_cpu(value) for value in state)
+    return state
+
+
 def load_weights(path, map_location="cpu"):
     """torch.load that never unpickles code: only tensors and plain containers."""
     return torch.load(path, map_location=map_location, weights_only=True)

@@ -159,3 +159,44 @@ def test_the_pngs_hold_the_input_pixels_and_the_translation_rounded_as_save_imag
         ("fake", tmp_path / "out" / "A2B" / "photo.png"), ("expected", tmp_path / "x.png")]}
     assert np.array_equal(pixels["real"], pixels["input"])
     assert np.array_equal(pixels["fake"], pixels["expected"])
+
+
+def on_fake_cuda(model):
+    """Everything of a CycleGAN that a CUDA run keeps on the GPU, moved there: the networks,
+    the optimisers' state and the replay buffers."""
+    for net in model.networks().values():
+        net.to("cuda")
+    for optimizer in (model.opt_G, model.opt_D):
+        for state in optimizer.state.values():
+            state.update({k: v.to("cuda") for k, v in state.items()})
+    for pool in (model.pool_A, model.pool_B):
+        pool.images = [image.to("cuda") for image in pool.images]
+
+
+def tensors(tree):
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    values = tree.values() if isinstance(tree, dict) else tree
+    return [t for v in values if isinstance(v, (dict, list, tuple, torch.Tensor))
+            for t in tensors(v)]
+
+
+def test_weights_and_checkpoints_of_a_gpu_run_are_saved_as_cpu_tensors(fake_cuda, monkeypatch,
+                                                                       tmp_path):
+    from cyclegan import CycleGAN
+    train_py = load_script("train.py")
+    model = CycleGAN(ngf=4, ndf=4, n_blocks=1, pool_size=2)
+    model.step(*(torch.rand(1, 3, 32, 32) * 2 - 1 for _ in "AB"))  # optimiser state, buffers
+    args, _ = train_py.parse_args(["--dataroot", str(tmp_path), "--output", str(tmp_path)])
+    saved = {}
+    monkeypatch.setattr(train_py, "atomic_save", lambda obj, path: saved.update({path: obj}))
+    monkeypatch.setattr(train_py, "non_finite", lambda model: [])  # fake tensors have no values
+    launch = type("Launch", (), {"world_size": 1, "writes": True})
+    with fake_cuda:
+        on_fake_cuda(model)
+        assert {t.device.type for t in tensors(model.state_dict())} == {"cuda"}
+        train_py.save_run(model, args, launch, train_py.Position())
+    assert len(saved) == 5  # four networks and the checkpoint
+    for path, obj in saved.items():
+        devices = {t.device.type for t in tensors(obj)}
+        assert devices == {"cpu"}, path
