@@ -26,7 +26,8 @@ from datasets import (EpochSampler, UnalignedDataset, domain_dir, from_pixels, l
                       to_pixels)
 from models import translate
 from utils import (ArgumentParser, UserError, add_amp_argument, add_device_argument,
-                   default_load_size, fail, pick_device, require, synchronize, use_amp)
+                   default_load_size, fail, pick_device, require, set_fp32_precision, synchronize,
+                   use_amp)
 from video import VideoError, VideoReader, check_video, translate_frames
 
 
@@ -122,6 +123,7 @@ def peak_memory_mib(device):
 def run(args):
     check_inputs(args)
     device = pick_device(args.device)
+    set_fp32_precision("tf32")  # as train.py
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as train.py: one input size throughout
     model = CycleGAN(device=device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks,

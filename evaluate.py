@@ -21,7 +21,7 @@ from PIL import Image
 from datasets import domain_dir, list_images
 from fid import features, frechet_distance, inception_network, kernel_inception_distance
 from utils import (DIRECTIONS, ArgumentParser, RunFailure, UserError, add_device_argument, fail,
-                   pick_device, require, run_sibling)
+                   pick_device, require, run_sibling, set_fp32_precision)
 
 
 def build_parser():
@@ -129,6 +129,7 @@ def main(argv=None):
         require(args, 1, "kid_subsets", "batch_size")
         check_folders(args)
         device = pick_device(args.device)
+        set_fp32_precision("ieee")
         model = inception_network(args.inception, device, args.dims)
         results = translate(args) if args.weights else args.results
         report = evaluate(args.dataroot, results, model, device, args)

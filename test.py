@@ -28,7 +28,8 @@ from tiles import translate_within
 from utils import (DIRECTIONS, ArgumentParser, Behind, RunFailure, UserError, add_amp_argument,
                    add_device_argument, add_workers_argument, amp_dtype, default_output,
                    empty_cache, fail, is_out_of_memory, pick_device, precision_name,
-                   report_skipped, require, same_size_batches, usable_cores, use_amp)
+                   report_skipped, require, same_size_batches, set_fp32_precision, usable_cores,
+                   use_amp)
 from video import (VIDEO_EXTENSIONS, VideoError, VideoReader, check_video, is_video,
                    translate_frames)
 from weights import MODELS_URL, PRETRAINED, fetch_pretrained, load_generators, pretrained_path
@@ -418,6 +419,7 @@ def main(argv=None):
         nets = load_generators(args.weights, list(inputs), args.ngf, args.n_blocks, device)
         make_results_folder(args.results)
     report_skipped([entry for _, skipped in scans.values() for entry in skipped])
+    set_fp32_precision("ieee")
     amp = use_amp(args.amp, device, training=False)
     print(f"device {device} ({precision_name(amp_dtype(device) if amp else None)})")
     settings = Settings(results=args.results, device=device, amp=amp, batch_size=args.batch_size,

@@ -34,9 +34,9 @@ from fid import inception_network
 from utils import (VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals, UserError,
                    add_amp_argument, add_device_argument, add_workers_argument, atomic_save,
                    atomic_write_text, cpu_bf16, default_load_size, default_output, describe, fail,
-                   ignore_stop_signals, linear_decay, load_weights, on_cpu, pick_device,
-                   precision_name, report_skipped, require, run_sibling, save_visuals, use_amp,
-                   visuals_grid)
+                   ignore_stop_signals, linear_decay, load_weights, native_bf16, on_cpu,
+                   pick_device, precision_name, report_skipped, require, run_sibling,
+                   save_visuals, set_fp32_precision, use_amp, visuals_grid)
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
 # A checkpoint holds these, and where the epoch under way stands: "pairs" ("position" in
@@ -603,6 +603,8 @@ def start_line(args, launch, model, paths_A, paths_B, iterations):
                  f"{args.batch_size * launch.world_size}" if launch.torchrun else "")
     precision = precision_name(model.amp_dtype) + auto_bf16_note(args, launch.device,
                                                                  model.amp_dtype)
+    if model.amp_dtype is None and launch.device.type == "cuda" and native_bf16(launch.device):
+        precision += ", TF32 convolutions"  # tensor cores for TF32 came with those for bf16
     return (f"{len(paths_A)} A and {len(paths_B)} B images, {iterations} iterations per epoch"
             f"{processes}, device {launch.device} ({precision}), output {args.output}")
 
@@ -610,6 +612,7 @@ def start_line(args, launch, model, paths_A, paths_B, iterations):
 def train(args, checkpoint, launch):
     """Every epoch from where the run stands to --n_epochs, each ending with a checkpoint
     and, every --eval_every epochs, an evaluation."""
+    set_fp32_precision("tf32")
     if launch.device.type == "cuda":
         # Training crops all have one size, so cuDNN may pick the fastest algorithms once.
         torch.backends.cudnn.benchmark = True

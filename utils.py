@@ -192,10 +192,12 @@ def add_amp_argument(parser, training=True):
     what = ("mixed precision: bf16 autocast where the device supports it, else fp16 (training "
             "then scales gradients); losses stay fp32. auto (the default) is on where bf16 runs "
             "natively: CUDA GPUs with bf16 tensor cores, CPUs with AMX or AVX512-BF16; off "
-            "elsewhere (on MPS, on means fp16)" if training else
+            "elsewhere (on MPS, on means fp16). Off is fp32, whose convolutions run on TF32 "
+            "tensor cores on those GPUs (10-bit mantissas, far faster)" if training else
             "the generator in mixed precision: bf16 autocast where the device supports it, else "
             "fp16. auto (the default) is on for CUDA GPUs with bf16 tensor cores, off elsewhere "
-            "(CPUs translate in fp32; on MPS, on means fp16)")
+            "(CPUs translate in fp32; on MPS, on means fp16). Off is true fp32 on GPUs too (no "
+            "TF32), the pixels of the CPU")
     parser.add_argument("--amp", nargs="?", const="on", default="auto",
                         choices=("auto", "on", "off"),
                         help=f"{what}; --amp alone means on (see docs/benchmarks.md)")
@@ -230,6 +232,21 @@ def cpu_bf16():
     if capabilities.get("amx_bf16"):
         return "AMX"
     return "AVX512-BF16" if capabilities.get("avx512_bf16") else None
+
+
+def set_fp32_precision(precision):
+    """How CUDA GPUs run fp32 convolutions and matrix products, process-wide: "tf32"
+    (TensorFloat-32 tensor cores on compute capability 8.0 and newer: 10-bit mantissas, several
+    times faster) or "ieee" (true fp32). train.py and benchmark.py train with "tf32", whose
+    rounding is far below the noise of GAN training; test.py, evaluate.py and the GPU check's
+    comparisons use "ieee", so that fp32 means the CPU's numbers. Other devices are not
+    affected. torch 2.9 and newer take it as fp32_precision, older ones as allow_tf32 flags."""
+    if hasattr(torch.backends.cudnn, "conv"):
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+    else:
+        tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
 
 
 def precision_name(dtype):

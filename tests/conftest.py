@@ -162,6 +162,16 @@ def fake_cuda(monkeypatch):
     return FakeTensorMode(allow_non_fake_inputs=True)
 
 
+@pytest.fixture
+def fp32_precision():
+    """torch's process-wide fp32 precision for CUDA convolutions, restored afterwards:
+    fp32_precision() reads it."""
+    saved = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    yield lambda: (torch.backends.cudnn.conv.fp32_precision,
+                   torch.backends.cuda.matmul.fp32_precision)
+    torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = saved
+
+
 class OpWatch(TorchDispatchMode):
     """Inside, `seen(func, args, out)` is called for every aten operation."""
 

@@ -231,6 +231,21 @@ def test_evaluate_reads_a_results_folder_of_one_direction(trained, random_incept
     assert set(report) == {"A2B", "mean_fid"} and report["A2B"]["cycle_l1"] is None
 
 
+def test_evaluate_scores_in_true_fp32_even_in_a_process_that_chose_tf32(
+        trained, random_inception, tmp_path, fp32_precision):
+    from utils import set_fp32_precision
+    data, weights = trained
+    results = tmp_path / "res"
+    assert run_script("test.py", "--dataroot", data, "--weights", weights / "netG_A2B.pth",
+                      "--direction", "A2B", "--results", results, "--workers", "0").returncode == 0
+    set_fp32_precision("tf32")
+    result = run_script("evaluate.py", "--dataroot", data, "--results", results,
+                        "--inception", random_inception, "--device", "cpu", "--kid_subsets", "2",
+                        "--dims", "64")
+    assert result.returncode == 0, result.stderr
+    assert fp32_precision() == ("ieee", "ieee")
+
+
 def test_without_inception_weights_or_network_one_line_says_what_to_do(trained, tmp_path,
                                                                         monkeypatch):
     from pytorch_fid import inception as fid

@@ -9,6 +9,7 @@ import torch
 
 from conftest import DeviceCopies, load_script, write_image
 from models import Generator
+from utils import set_fp32_precision
 
 test_py = load_script("test.py")
 
@@ -200,3 +201,31 @@ def test_weights_and_checkpoints_of_a_gpu_run_are_saved_as_cpu_tensors(fake_cuda
     for path, obj in saved.items():
         devices = {t.device.type for t in tensors(obj)}
         assert devices == {"cpu"}, path
+
+
+def test_training_runs_fp32_convolutions_and_products_in_tf32(dataset, tmp_path, fp32_precision):
+    from conftest import TINY, run_script
+    set_fp32_precision("ieee")
+    result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "run", *TINY,
+                        "--n_epochs", "1")
+    assert result.returncode == 0, result.stderr
+    assert fp32_precision() == ("tf32", "tf32")
+
+
+def test_translation_runs_fp32_in_true_fp32(tmp_path, fp32_precision):
+    from conftest import run_script, save_generator
+    set_fp32_precision("tf32")
+    result = run_script("test.py", "--input", write_image(str(tmp_path / "in" / "x.png")),
+                        "--weights", save_generator(tmp_path / "G.pth"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert fp32_precision() == ("ieee", "ieee")
+
+
+def test_training_on_a_gpu_says_its_fp32_convolutions_are_tf32(monkeypatch):
+    train_py = load_script("train.py")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    args, _ = train_py.parse_args(["--dataroot", "d", "--amp", "off"])
+    launch = type("Launch", (), {"device": torch.device("cuda"), "torchrun": False})
+    model = type("Model", (), {"amp_dtype": None})
+    line = train_py.start_line(args, launch, model, ["a"], ["b"], 1)
+    assert "device cuda (fp32, TF32 convolutions)" in line
