@@ -198,6 +198,11 @@ class Translator:
         self.memory = settings.memory
         self.autocast = torch.autocast(self.device.type, dtype=amp_dtype(self.device),
                                        enabled=settings.amp)
+        # In fp32 tiles give the whole pass's pixels; in bf16 or fp16 the two round apart as
+        # far as each is from fp32 (docs/benchmarks.md).
+        half = "bf16" if amp_dtype(self.device) == torch.bfloat16 else "fp16"
+        self.likeness = (f"within {half} rounding of whole" if settings.amp
+                         else "same pixels as whole")
 
     def __call__(self, pixels, names, reconstruct=True):
         """The translations and reconstructions (None where there is no G_back, or without
@@ -232,7 +237,7 @@ class Translator:
             height, width = images.shape[-2:]
             budget = f"{self.memory / 1e9:.1f} GB" if self.memory else "the free memory"
             tqdm.write(f"{', '.join(names)} ({width}x{height}) {what} in tiles, to stay "
-                       f"within {budget} (--memory_gb); same pixels as whole")
+                       f"within {budget} (--memory_gb); {self.likeness}")
         return output
 
 

@@ -241,3 +241,27 @@ def test_test_py_translates_a_batch_beyond_its_budget_whole_with_the_pixels_of_b
         pixels = [np.asarray(Image.open(tmp_path / f"batch{b}" / "A2B" / f"{i}.png"), int)
                   for b in (8, 1)]
         assert np.abs(pixels[0] - pixels[1]).max() <= 1  # float rounding of equal images
+
+
+def test_under_bf16_autocast_tiles_differ_from_whole_no_more_than_bf16_from_fp32(G):
+    # Not the same pixels: the tiles' moments (float64, merged) and the whole pass's (fp32)
+    # differ in their last bits, and the next convolution's inputs, rounded to bf16, then
+    # differ by a bf16 step here and there. Tiling adds no error beyond bf16's own.
+    image = photo(157, 203)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        whole = translate(G, image).float()
+        tiled = tiles.translate_tiled(G, image, tile=64).float()
+    bf16_error = (whole - translate(G, image)).abs()
+    tiling_error = (tiled - whole).abs()
+    assert tiling_error.mean() <= 1.5 * bf16_error.mean()
+    assert tiling_error.max() <= 2 * bf16_error.max()
+
+
+def test_test_py_says_tiles_under_bf16_are_within_its_rounding_not_the_same_pixels(tmp_path):
+    from conftest import run_script, save_generator, write_image
+    photo_path = write_image(str(tmp_path / "mine" / "photo.png"), size=(601, 443))
+    result = run_script("test.py", "--input", photo_path, "--device", "cpu", "--amp", "on",
+                        "--weights", save_generator(tmp_path / "G.pth"), "--memory_gb", "0.1")
+    assert result.returncode == 0, result.stderr
+    assert "photo (601x443) translated in tiles" in result.stdout
+    assert "within bf16 rounding of whole" in result.stdout
