@@ -62,14 +62,16 @@ def build_parser():
     add_device_argument(p)
     p.add_argument("--batch_size", type=int, default=1,
                    help="images of one size, or frames of a video, translated together; more is "
-                   "faster on a GPU (default: 1)")
+                   "faster on a GPU, and a batch beyond --memory_gb runs in parts that fit "
+                   "(default: 1)")
     p.add_argument("--side_by_side", action="store_true",
                    help="videos: each frame of the translated video shows the input on the left "
                    "and its translation on the right, as demonstrations show them")
     p.add_argument("--memory_gb", type=float,
-                   help="memory one translation may use: an image runs whole while it needs a "
-                   "quarter of this or less, else in tiles, with the same pixels (default: 3/4 "
-                   "of the free GPU memory, or of the available RAM on a CPU)")
+                   help="memory one translation may use: images run whole, as many together "
+                   "as need a quarter of this or less; one that alone needs more runs in tiles, "
+                   "with the same pixels in fp32 (under bf16, as close as bf16 is to fp32) "
+                   "(default: 3/4 of the free GPU memory, or of the available RAM on a CPU)")
     add_amp_argument(p, training=False)
     add_workers_argument(p, "image-loading")
     return p

@@ -104,7 +104,11 @@ def _add_network_and_speed_options(p):
     add_device_argument(p)
     add_amp_argument(p)
     p.add_argument("--channels_last", action="store_true",
-                   help="channels-last memory format for networks and batches")
+                   help="channels-last memory format for networks and batches. torch's "
+                   "InstanceNorm copies it back to NCHW at every call, and the next convolution "
+                   "copies again: 460 layout copies per training step of the paper's networks, "
+                   "against 22 without, and 28%% slower on a CPU; on a GPU, "
+                   "scripts/gpu_check.sh times it")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks: faster "
                    "iterations after minutes of compiling at start-up")
 

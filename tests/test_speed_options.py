@@ -116,6 +116,38 @@ def test_channels_last_gives_the_same_losses_to_float_rounding():
         assert channels_last[name] == pytest.approx(fp32[name], rel=1e-4), name
 
 
+def layout_copies_in_instance_norm(channels_last):
+    """Copies made inside InstanceNorm during one training step (the profiler's aten::clone
+    events under aten::instance_norm), and the number of InstanceNorm calls in that step."""
+    from torch.profiler import ProfilerActivity, profile
+    model = CycleGAN(**SMALL, channels_last=channels_last)
+    calls = []
+    for net in model.networks().values():
+        for m in net.modules():
+            if isinstance(m, torch.nn.InstanceNorm2d):
+                m.register_forward_hook(lambda *_: calls.append(1))
+    real_A, real_B = (torch.rand(1, 3, 32, 32) * 2 - 1 for _ in "AB")
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        model.step(real_A, real_B)
+
+    def inside_instance_norm(event):
+        while event is not None and event.name != "aten::instance_norm":
+            event = event.cpu_parent
+        return event is not None
+
+    copies = [e for e in profiler.events() if e.name == "aten::clone" and inside_instance_norm(e)]
+    return len(copies), len(calls)
+
+
+def test_channels_last_is_copied_back_to_nchw_at_every_instance_norm():
+    # What --help and docs/benchmarks.md say of --channels_last: torch's InstanceNorm makes a
+    # contiguous (NCHW) copy of a channels-last input at every call, and the convolution after
+    # it converts back, so the network never runs in one layout.
+    copies, calls = layout_copies_in_instance_norm(channels_last=True)
+    assert calls > 0 and copies == calls
+    assert layout_copies_in_instance_norm(channels_last=False)[0] == 0
+
+
 def test_training_with_amp_and_channels_last_runs_and_resumes(dataset, tmp_path):
     out = tmp_path / "run"
     flags = ["--amp", "--channels_last", "--log_every", "1"]
