@@ -86,7 +86,7 @@ def run_script(script, *args, timeout=300, in_process=True):
 
 def load_script(script):
     """Import a top-level script as a module (test.py would clash with the stdlib's test)."""
-    name = "script_" + script.removesuffix(".py")
+    name = "script_" + os.path.basename(script).removesuffix(".py")
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, script))
         sys.modules[name] = importlib.util.module_from_spec(spec)
