@@ -29,6 +29,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -179,7 +180,7 @@ def trained(s, name):
     """OUT/<name>, a 2-epoch run, trained once (kept for --only reruns in the same OUT)."""
     output = os.path.join(s.out, name)
     if not os.path.exists(os.path.join(output, "done")):
-        subprocess.run(["rm", "-rf", output], check=True)
+        shutil.rmtree(output, ignore_errors=True)
         run(s, name, *train_command(s, output, 2), env=run_env(s))
         open(os.path.join(output, "done"), "w").close()
     return output
@@ -198,12 +199,13 @@ def translated(s, name, device, *flags):
 
 def section_environment(s, report):
     if s.device == "cuda":
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True)
+        smi = shutil.which("nvidia-smi")
+        driver = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True).stdout.strip() if smi else ""
         p = torch.cuda.get_device_properties(0)
         where = (f"{p.name}, compute capability {p.major}.{p.minor}, "
                  f"{p.total_memory / 2**30:.0f} GiB, {torch.cuda.device_count()} GPU(s), driver "
-                 f"{smi.stdout.strip() or 'unknown'}, CUDA {torch.version.cuda}, cuDNN "
+                 f"{driver or 'unknown'}, CUDA {torch.version.cuda}, cuDNN "
                  f"{torch.backends.cudnn.version()}")
     else:
         where = (f"CPU {platform.processor() or platform.machine()}, "
@@ -291,7 +293,7 @@ def compare_runs(s, report, output, what):
 
 def section_resume(s, report):
     output = os.path.join(s.out, "resumed")
-    subprocess.run(["rm", "-rf", output], check=True)
+    shutil.rmtree(output, ignore_errors=True)
     run(s, "first_epoch", *train_command(s, output, 1), env=run_env(s))
     run(s, "resumed", *python("train.py", "--dataroot", data(s), "--output", output, "--resume",
                               "--n_epochs", "2"), env=run_env(s))
@@ -314,7 +316,7 @@ def tensors_in(tree):
 def section_torchrun(s, report):
     torchrun = python("-m", "torch.distributed.run", "--standalone")
     output = os.path.join(s.out, "torchrun")
-    subprocess.run(["rm", "-rf", output], check=True)
+    shutil.rmtree(output, ignore_errors=True)
     run(s, "torchrun", *torchrun, "--nproc_per_node=1", *train_command(s, output, 2)[1:],
         env=run_env(s))
     compare_runs(s, report, output, "torchrun --nproc_per_node=1")
@@ -322,7 +324,7 @@ def section_torchrun(s, report):
         report.check("torchrun --nproc_per_node=2 (NCCL)", "one GPU here", "", "skipped")
         return
     output = os.path.join(s.out, "torchrun2")
-    subprocess.run(["rm", "-rf", output], check=True)
+    shutil.rmtree(output, ignore_errors=True)
     log = run(s, "torchrun2", *torchrun, "--nproc_per_node=2", *train_command(s, output, 2)[1:],
               env=run_env(s))
     with open(log) as f:
