@@ -427,15 +427,21 @@ class Behind:
                 job.result()
 
 
+def map_tensors(fn, state):
+    """`state` (a tensor, or nested dicts, lists and tuples holding some) with fn applied to
+    every tensor in it."""
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    if isinstance(state, dict):
+        return type(state)((key, map_tensors(fn, value)) for key, value in state.items())
+    if isinstance(state, (list, tuple)):
+        return type(state)(map_tensors(fn, value) for value in state)
+    return state
+
+
 def on_cpu(state):
     """A state_dict, or nested dicts, lists and tuples of them, with every tensor on the CPU."""
-    if isinstance(state, torch.Tensor):
-        return state.cpu()
-    if isinstance(state, dict):
-        return type(state)((key, on_cpu(value)) for key, value in state.items())
-    if isinstance(state, (list, tuple)):
-        return type(state)(on_cpu(value) for value in state)
-    return state
+    return map_tensors(torch.Tensor.cpu, state)
 
 
 def load_weights(path, map_location="cpu"):

@@ -44,7 +44,8 @@ sys.path.insert(0, ROOT)
 import models  # noqa: E402
 import tiles  # noqa: E402
 from cyclegan import CycleGAN  # noqa: E402
-from utils import ArgumentParser, same_size_batches, set_fp32_precision  # noqa: E402
+from utils import (ArgumentParser, map_tensors, same_size_batches,  # noqa: E402
+                   set_fp32_precision)
 
 # Dense bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s, by device name.
 PEAKS = {"H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 NVL": 835.5, "H100 PCIe": 756.5,
@@ -298,19 +299,12 @@ def section_resume(s, report):
     run(s, "resumed", *python("train.py", "--dataroot", data(s), "--output", output, "--resume",
                               "--n_epochs", "2"), env=run_env(s))
     compare_runs(s, report, output, "one epoch, then --resume for the second")
-    saved = [os.path.join(output, f) for f in ("netG_A2B.pth", "checkpoint.pth")]
-    devices = {t.device.type for path in saved for t in tensors_in(torch.load(path,
-                                                                             weights_only=True))}
+    devices = set()
+    for name in ("netG_A2B.pth", "checkpoint.pth"):
+        state = torch.load(os.path.join(output, name), weights_only=True)
+        map_tensors(lambda t: devices.add(t.device.type), state)
     report.check(f"files saved by a run on {s.device} load without map_location",
                  f"tensor devices: {', '.join(sorted(devices))}", "cpu", devices == {"cpu"})
-
-
-def tensors_in(tree):
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    values = tree.values() if isinstance(tree, dict) else tree
-    return [t for v in values if isinstance(v, (dict, list, tuple, torch.Tensor))
-            for t in tensors_in(v)]
 
 
 def section_torchrun(s, report):

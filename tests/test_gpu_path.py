@@ -9,7 +9,7 @@ import torch
 
 from conftest import DeviceCopies, load_script, write_image
 from models import Generator
-from utils import set_fp32_precision
+from utils import map_tensors, set_fp32_precision
 
 test_py = load_script("test.py")
 
@@ -174,12 +174,10 @@ def on_fake_cuda(model):
         pool.images = [image.to("cuda") for image in pool.images]
 
 
-def tensors(tree):
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    values = tree.values() if isinstance(tree, dict) else tree
-    return [t for v in values if isinstance(v, (dict, list, tuple, torch.Tensor))
-            for t in tensors(v)]
+def devices(state):
+    found = set()
+    map_tensors(lambda t: found.add(t.device.type), state)
+    return found
 
 
 def test_weights_and_checkpoints_of_a_gpu_run_are_saved_as_cpu_tensors(fake_cuda, monkeypatch,
@@ -195,12 +193,11 @@ def test_weights_and_checkpoints_of_a_gpu_run_are_saved_as_cpu_tensors(fake_cuda
     launch = type("Launch", (), {"world_size": 1, "writes": True})
     with fake_cuda:
         on_fake_cuda(model)
-        assert {t.device.type for t in tensors(model.state_dict())} == {"cuda"}
+        assert devices(model.state_dict()) == {"cuda"}
         train_py.save_run(model, args, launch, train_py.Position())
     assert len(saved) == 5  # four networks and the checkpoint
     for path, obj in saved.items():
-        devices = {t.device.type for t in tensors(obj)}
-        assert devices == {"cpu"}, path
+        assert devices(obj) == {"cpu"}, path
 
 
 def test_training_runs_fp32_convolutions_and_products_in_tf32(dataset, tmp_path, fp32_precision):
