@@ -1,12 +1,16 @@
-"""Unaligned image folders: finding them, reading any common image file as RGB, and the
-training samples (an A image, a randomly drawn B image, the same augmentation as the paper).
+"""Unaligned image folders: finding them (the authors' datasets are downloaded on first use),
+reading any common image file as RGB, and the training samples (an A image, a randomly drawn
+B image, the same augmentation as the paper).
 
 A dataset root holds `trainA/ trainB/ testA/ testB/` (the authors' layout) or
 `train/A train/B test/A test/B`.
 """
 import math
 import os
+import shutil
 import sys
+import tempfile
+import zipfile
 
 import numpy as np
 import torch
@@ -14,7 +18,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
 from torchvision.transforms import InterpolationMode
 
-from utils import UserError, describe
+from utils import ArgumentParser, RunFailure, UserError, describe, download, fail
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 IMAGES = f"images ({', '.join(IMG_EXTENSIONS)})"
@@ -33,6 +37,68 @@ def domain_dir(dataroot, split, domain):
             return candidate
     raise UserError(f"{dataroot}: no folder {split}{domain} (or {split}/{domain}); expected "
                     f"{layout(split)}")
+
+
+# The authors' datasets, downloaded on first use
+
+DATASET_NAMES = ("apple2orange", "summer2winter_yosemite", "horse2zebra", "monet2photo",
+                 "cezanne2photo", "ukiyoe2photo", "vangogh2photo", "maps", "cityscapes",
+                 "facades", "iphone2dslr_flower", "ae_photos")
+DATASETS_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets"
+CITYSCAPES = ("cityscapes is not distributed by the CycleGAN authors: its licence requires each "
+              "user to register at https://www.cityscapes-dataset.com and download it there "
+              "(leftImg8bit and gtFine); put the photos in trainA and testA, the label images in "
+              "trainB and testB")
+
+
+def fetch_dataset(dataroot, allowed=True):
+    """When `dataroot` does not exist and is named after one of the authors' datasets
+    (datasets/horse2zebra), download that dataset's zip with a progress bar, check it, and
+    unpack it there. An interrupted download goes on from where it stopped next time; the
+    folder appears only once complete. `allowed=False` (under torchrun, where every process
+    would download) says how to download it first instead."""
+    name = os.path.basename(os.path.normpath(dataroot))
+    if os.path.exists(dataroot) or name not in DATASET_NAMES:
+        return
+    if name == "cityscapes":
+        raise UserError(CITYSCAPES)
+    if not allowed:
+        raise UserError(f"--dataroot {dataroot}: no such folder; download it first with "
+                        f"`bash datasets/download.sh {dataroot}`")
+    parent = os.path.dirname(os.path.abspath(dataroot))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--dataroot {dataroot}: cannot create {parent} ({e.strerror or e})")
+    url = f"{os.environ.get('CYCLEGAN_DATASETS_URL', DATASETS_URL).rstrip('/')}/{name}.zip"
+    zip_path = os.path.join(parent, f"{name}.zip")
+    print(f"{dataroot} is not here; downloading the authors' {name} from {url}")
+    if not os.path.exists(zip_path):  # else an earlier run downloaded it but did not unpack it
+        download(url, zip_path, hint="or set CYCLEGAN_DATASETS_URL to a mirror")
+    _unpack(zip_path, name, dataroot, url)
+    os.remove(zip_path)
+    print(f"{name} is in {dataroot}")
+
+
+def _unpack(zip_path, name, dataroot, url):
+    """Unpack the zip's NAME/ folder as dataroot, after checking every member's CRC."""
+    with tempfile.TemporaryDirectory(prefix=f".{name}.unpacking.",
+                                     dir=os.path.dirname(zip_path)) as unpacking:
+        try:
+            with zipfile.ZipFile(zip_path) as z:
+                if z.testzip() is not None:
+                    raise zipfile.BadZipFile
+                z.extractall(unpacking)
+        except (zipfile.BadZipFile, EOFError):
+            os.remove(zip_path)
+            raise RunFailure(f"{url} gave a damaged zip; removed it, run again to download it "
+                             "anew")
+        unpacked = os.path.join(unpacking, name)
+        missing = [f for f in ("trainA", "trainB", "testA", "testB")
+                   if not os.path.isdir(os.path.join(unpacked, f))]
+        if missing:
+            raise RunFailure(f"{url} does not hold {name}/{missing[0]}; nothing was unpacked")
+        shutil.move(unpacked, dataroot)
 
 
 def list_images(folder, check=None, what=IMAGES):
@@ -237,3 +303,28 @@ class ImageFiles(torch.utils.data.Dataset):
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
             print(f"warning: skipping {self.paths[i]}: {describe(e)}", file=sys.stderr)
             return None, i
+
+
+def download_main(argv):
+    """datasets/download.sh: download the dataset named by argv[0], a folder whose name is
+    one of DATASET_NAMES; one line and exit status 2 or 1 when it cannot."""
+    parser = ArgumentParser(prog="download.sh", description="Download one of the authors' "
+                            "CycleGAN datasets into a folder named after it, as train.py and "
+                            "test.py do on first use.")
+    parser.add_argument("dataroot", metavar="NAME_OR_FOLDER",
+                        help="a dataset name (into datasets/NAME) or a folder named after one: "
+                        f"{', '.join(DATASET_NAMES)}")
+    args = parser.parse_args(argv)
+    name = os.path.basename(os.path.normpath(args.dataroot))
+    try:
+        if name not in DATASET_NAMES:
+            raise UserError(f"unknown dataset '{name}'; known: {' '.join(DATASET_NAMES)}")
+        if os.path.exists(args.dataroot):
+            print(f"{args.dataroot} is already there")
+        fetch_dataset(args.dataroot)
+    except UserError as e:
+        fail(f"download.sh: error: {e}")
+    except RunFailure as e:
+        fail(f"download.sh: error: {e}", 1)
+    except KeyboardInterrupt:
+        fail("download.sh: interrupted; run the same command again to continue the download", 130)

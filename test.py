@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from datasets import (IMG_EXTENSIONS, ImageFiles, check_image, domain_dir, from_pixels,
-                      list_images, to_pixels)
+from datasets import (IMG_EXTENSIONS, ImageFiles, check_image, domain_dir, fetch_dataset,
+                      from_pixels, list_images, to_pixels)
 from results_page import write_index
 from tiles import translate_within
 from utils import (DIRECTIONS, ArgumentParser, Behind, RunFailure, UserError, add_amp_argument,
@@ -40,7 +40,8 @@ def build_parser():
                        "generators.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataroot", help="dataset folder: translates testA/ (or test/A) and "
-                        "testB/ (or test/B)")
+                        "testB/ (or test/B); one of the authors' datasets is downloaded there "
+                        "first if missing")
     source.add_argument("--input", help="your own images and videos to translate in --direction: "
                         "a folder of them, or one file")
     p.add_argument("--direction", choices=("A2B", "B2A", "both"),
@@ -418,8 +419,10 @@ def page_however_it_stops(args, translated, nets):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     with one_line_errors():
+        if args.dataroot is not None:  # the authors' datasets on first use, as train.py
+            fetch_dataset(args.dataroot)
         inputs = resolve(args)
-        if args.pretrained:  # the one download, once the options are known to be good
+        if args.pretrained:  # downloaded once the options are known to be good
             fetch_pretrained(args.pretrained)
         device = pick_device(args.device)
         scans = {d: list_inputs(path) for d, path in inputs.items()}

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from cyclegan import LOSS_NAMES, MIN_SIZE, CycleGAN
 from dashboard import Dashboard
-from datasets import EpochSampler, UnalignedDataset, domain_dir, list_images
+from datasets import EpochSampler, UnalignedDataset, domain_dir, fetch_dataset, list_images
 from fid import inception_network
 from utils import (VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals, UserError,
                    add_amp_argument, add_device_argument, add_workers_argument, atomic_save,
@@ -67,7 +67,9 @@ def build_parser():
 
 def _add_data_and_schedule_options(p):
     p.add_argument("--dataroot", required=True,
-                   help="dataset folder with trainA/ and trainB/ (or train/A, train/B)")
+                   help="dataset folder with trainA/ and trainB/ (or train/A, train/B); one "
+                   "of the authors' datasets, e.g. datasets/horse2zebra, is downloaded there "
+                   "first if missing (bash datasets/download.sh --help lists them)")
     p.add_argument("--output", help="where weights, checkpoint, losses.csv and samples go "
                    "(default: output/<dataroot name>)")
     p.add_argument("--n_epochs", type=int, default=200,
@@ -448,7 +450,9 @@ def check_evaluation(args):
 
 def training_images(args, checkpoint, launch):
     """The usable image paths of trainA and trainB; files that are not are listed once. Also
-    refuses to start a new run over an existing one, and prepares --output."""
+    refuses to start a new run over an existing one, and prepares --output. One of the authors'
+    datasets is downloaded first if --dataroot names it and is not there."""
+    fetch_dataset(args.dataroot, allowed=not launch.torchrun)
     (paths_A, skipped_A), (paths_B, skipped_B) = (
         list_images(domain_dir(args.dataroot, "train", d)) for d in "AB")
     if launch.writes:
