@@ -1,19 +1,27 @@
 """The visdom dashboard of a training run: a plot per loss, the learning rate, the sample
-images, FID, and the run's options.
+images, FID, and the run's options; and a visdom server started in the background when none
+answers on this machine.
 
 It imports neither torch nor the rest of the project, so that CI can check it against the
 visdom release each Python gets, in a small environment (.ci/visdom_check.sh).
 """
 import contextlib
+import dataclasses
 import html
 import io
 import json
 import logging
+import os
 import queue
+import shutil
+import socket
+import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import warnings
 
 from tqdm import tqdm
@@ -160,6 +168,102 @@ class Dashboard:
         average, n = self.SMOOTHING * average + (1 - self.SMOOTHING) * value, n + 1
         self.smooth[name] = (average, n)
         return average / (1 - self.SMOOTHING ** n)
+
+
+# A visdom server of our own, when none answers
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+SERVER_START_SECONDS = 60  # visdom fetches its web assets from CDNs at its first start
+ASSETS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts",
+                             "visdom_assets.sh")
+
+
+@dataclasses.dataclass
+class Server:
+    """Whether the dashboard has a visdom server to talk to, and the process id of the one
+    this run started (None when it was already there)."""
+    answers: bool
+    pid: int | None = None
+
+    def stop_command(self):
+        return f"taskkill /PID {self.pid} /F" if os.name == "nt" else f"kill {self.pid}"
+
+
+def ensure_server(server, port, log_path):
+    """Start `python -m visdom.server` in the background when nothing answers at a local
+    server's port; it outlives training so that the plots can still be looked at. Offline,
+    where visdom cannot fetch its web assets from CDNs, scripts/visdom_assets.sh installs them
+    from the npm registry (when npm is there) and the server is started again. Says in one line
+    why there is no dashboard when there is none; training goes on either way."""
+    if urllib.parse.urlsplit(server).hostname not in LOCAL_HOSTS:
+        return Server(answers=True)  # another machine's: Dashboard warns if it does not answer
+    found = what_answers(server, port)
+    if found != "nothing":
+        if found == "other":
+            _warn(f"port {port} answers, but not as visdom: no dashboard for this run (choose a "
+                  "free port with --visdom_port)")
+        return Server(answers=found == "visdom")
+    tqdm.write(f"visdom: nothing answers on port {port}; starting a server (log: {log_path})")
+    pid = _start_server(server, port, log_path)
+    if pid is None and not _assets_built() and shutil.which("npm") and shutil.which("bash"):
+        tqdm.write("visdom: could not fetch its web assets; installing them from the npm "
+                   "registry (scripts/visdom_assets.sh)")
+        pid = _start_server(server, port, log_path) if _install_assets(log_path) else None
+    if pid is None:
+        _warn(f"the visdom server did not start (its log: {log_path}); training goes on "
+              "without the dashboard. Offline, install visdom's web assets once with `bash "
+              "scripts/visdom_assets.sh` (needs npm), or pass --no_visdom.")
+        return Server(answers=False)
+    started = Server(answers=True, pid=pid)
+    tqdm.write(f"visdom: server started (pid {pid}); it keeps running after training, stop it "
+               f"with `{started.stop_command()}`")
+    return started
+
+
+def what_answers(server, port):
+    """'nothing' when no process listens on the port, else 'visdom' or 'other'."""
+    host = urllib.parse.urlsplit(server).hostname
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        return "nothing"
+    try:
+        with urllib.request.urlopen(f"{server}:{port}/", timeout=5) as response:
+            page = response.read(1 << 16)
+    except (urllib.error.URLError, OSError, ValueError):
+        return "other"
+    return "visdom" if b"<title>visdom</title>" in page else "other"
+
+
+def _start_server(server, port, log_path):
+    """The pid of a visdom server started on port and answering, or None (it was stopped)."""
+    detached = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP
+                 | subprocess.DETACHED_PROCESS} if os.name == "nt"
+                else {"start_new_session": True})  # Ctrl-C in training does not reach it
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "visdom.server", "-port", str(port)],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, **detached)
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while time.monotonic() < deadline and process.poll() is None:
+        if what_answers(server, port) == "visdom":
+            return process.pid
+        time.sleep(0.2)
+    process.kill()
+    process.wait()
+    return None
+
+
+def _assets_built():
+    import visdom
+    return os.path.exists(os.path.join(os.path.dirname(visdom.__file__), "static",
+                                       "version.built"))
+
+
+def _install_assets(log_path):
+    with open(log_path, "ab") as log:
+        return subprocess.run(["bash", ASSETS_SCRIPT], stdin=subprocess.DEVNULL, stdout=log,
+                              stderr=log, env={**os.environ, "PYTHON": sys.executable}
+                              ).returncode == 0
 
 
 # The options table's metrics in pixels, generous for bold 12px sans-serif: a character, a line.

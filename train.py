@@ -28,7 +28,7 @@ from torch import distributed as dist
 from tqdm import tqdm
 
 from cyclegan import LOSS_NAMES, MIN_SIZE, CycleGAN
-from dashboard import Dashboard
+from dashboard import Dashboard, ensure_server
 from datasets import EpochSampler, UnalignedDataset, domain_dir, fetch_dataset, list_images
 from fid import inception_network
 from utils import (VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals, UserError,
@@ -146,7 +146,8 @@ def _add_run_options(p):
     p.add_argument("--visdom_server", default="http://localhost",
                    help="visdom server address, without the port (default: http://localhost)")
     p.add_argument("--visdom_port", type=int, default=8097,
-                   help="visdom server port (default: 8097)")
+                   help="visdom server port; on this machine, train.py starts a visdom server "
+                   "there when nothing answers, and leaves it running (default: 8097)")
 
 
 def read_checkpoint(path):
@@ -330,10 +331,15 @@ class TrainingRecord:
         if self.writes:
             self.log.truncate_after(at.iteration)
             self.metrics.truncate_after(at.iteration)
-        self.dashboard = None if args.no_visdom or not self.writes else Dashboard(
-            args.visdom_server, args.visdom_port,
-            env=os.path.basename(os.path.normpath(args.output)), options=vars(args),
-            history=self.log.rows, loss_names=LOSS_NAMES)
+        self.dashboard, self.server = None, None
+        if self.writes and not args.no_visdom:
+            self.server = ensure_server(args.visdom_server, args.visdom_port,
+                                        os.path.join(args.output, "visdom_server.log"))
+        if self.server and self.server.answers:
+            self.dashboard = Dashboard(
+                args.visdom_server, args.visdom_port,
+                env=os.path.basename(os.path.normpath(args.output)), options=vars(args),
+                history=self.log.rows, loss_names=LOSS_NAMES)
         self.start = time.perf_counter() - at.seconds
         self.total, self.count, self.read_at = None, 0, at.iteration
 
@@ -398,6 +404,9 @@ class TrainingRecord:
     def close(self):
         if self.dashboard:
             self.dashboard.close()
+        if self.server and self.server.pid:
+            tqdm.write(f"visdom: the plots stay at {self.dashboard.address}; the server keeps "
+                       f"running: stop it with `{self.server.stop_command()}`")
 
 
 # The training loop
