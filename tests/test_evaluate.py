@@ -37,10 +37,13 @@ def test_the_frechet_distance_needs_no_disp_argument_which_scipy_1_18_removed(mo
                                               rng.normal(1, 1, size=(60, 8))))
 
 
-def test_the_frechet_distance_is_pytorch_fids_with_fewer_images_than_features():
+def test_the_frechet_distance_is_pytorch_fids_with_fewer_images_than_features(monkeypatch):
     if "disp" not in inspect.signature(scipy.linalg.sqrtm).parameters:
-        pytest.skip("pytorch-fid 0.3.0 cannot run with this scipy "
-                    "(its sqrtm takes no disp argument)")
+        # pytorch-fid 0.3.0 calls sqrtm(..., disp=False), which scipy 1.18 removed; give it
+        # the old signature (disp=False returned the root and an error estimate).
+        sqrtm = scipy.linalg.sqrtm
+        monkeypatch.setattr(scipy.linalg, "sqrtm",
+                            lambda matrix, disp=True: sqrtm(matrix) if disp else (sqrtm(matrix), 0))
     from pytorch_fid.fid_score import calculate_frechet_distance
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(20, 64)), rng.normal(0.5, 1, size=(30, 64))  # singular covariances
