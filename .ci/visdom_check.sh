@@ -37,7 +37,9 @@ for version in "$@"; do
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     "$python" -m venv "$work/venv"
-    if ! "$work/venv/bin/python" -m pip install -q --disable-pip-version-check "${lines[@]}" >"$work/pip.log" 2>&1; then
+    # visdom 0.2.4 (Python 3.10, 3.11) builds from source with setuptools below 81
+    if ! PIP_CONSTRAINT="$PWD/build-constraints.txt" "$work/venv/bin/python" -m pip install -q \
+            --disable-pip-version-check "${lines[@]}" >"$work/pip.log" 2>&1; then
         cat "$work/pip.log" >&2
         echo "visdom_check: installing ${lines[*]} failed on Python $version" >&2
         exit 1

@@ -19,6 +19,12 @@ from torch.utils._pytree import tree_leaves
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# Under pytest-xdist (`-n`), one thread per worker: workers' OpenMP threads, and those of the
+# processes they start, would otherwise spin against each other on the same cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    torch.set_num_threads(1)
+
 # Small networks and images so that a whole training run takes seconds on a CPU; fp32, which
 # --amp auto would not be on CPUs with bf16 instructions, so that every machine runs the same.
 TINY = ["--size", "32", "--ngf", "8", "--ndf", "8", "--n_blocks", "2",

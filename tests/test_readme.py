@@ -14,7 +14,7 @@ SCRIPTS = ("train.py", "test.py", "evaluate.py", "benchmark.py")
 
 # Options the documents mention that belong to other tools, not to the four scripts.
 NOT_OURS = {
-    "--index-url",  # pip install (the PyTorch CUDA 12.6 wheel index)
+    "--index-url", "--upgrade", "--build-constraint",  # pip install
     "--smoke",  # scripts/gpu_check.sh
     "--standalone", "--nproc_per_node", "--nnodes",  # torchrun
     "--rdzv_backend", "--rdzv_endpoint", "--rdzv_id",  # torchrun
@@ -79,19 +79,30 @@ def test_readme_is_at_most_250_lines():
     assert len(lines) <= 250, f"README.md has {len(lines)} lines; the manual is kept to 250"
 
 
-@pytest.mark.parametrize("what, command", [
-    ("install", "PIP_CONSTRAINT=build-constraints.txt pip install -r requirements.txt"),
-    ("get data", "bash datasets/download.sh horse2zebra"),
-    ("watch", "python -m visdom.server"),
-    ("watch offline", "bash scripts/visdom_assets.sh"),
-    ("train", "python train.py --dataroot datasets/horse2zebra"),
-    ("translate", "python test.py --dataroot datasets/horse2zebra"),
-    ("test", "python -m pytest"),
-])
-def test_the_quick_start_commands_are_in_the_first_40_lines(what, command):
-    first_screen = "\n".join(read_lines(README)[:40])
-    assert command in first_screen, (f"the {what} command `{command}` "
-                                     "is not in README's first 40 lines")
+def quick_start_commands():
+    """The commands of README's Quick start (its indented lines), without their comments."""
+    lines = read_lines(README)
+    start = lines.index("## Quick start")
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("## "))
+    return [line.split("#")[0].strip() for line in lines[start:end] if line.startswith("    ")]
+
+
+def test_the_quick_start_is_two_commands_to_train_and_to_test_on_the_first_screen():
+    assert quick_start_commands() == ["uv run train.py --dataroot datasets/horse2zebra",
+                                      "uv run pytest"]
+    assert "## Quick start" in read_lines(README)[:15]
+
+
+def test_ci_runs_the_quick_starts_test_command_as_written():
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        assert quick_start_commands()[1] in f.read().splitlines()
+
+
+def test_the_pip_line_needs_no_environment_variable():
+    text = "\n".join(read_lines(README))
+    assert ("python -m pip install -r requirements.txt --build-constraint build-constraints.txt"
+            in text)
+    assert "PIP_CONSTRAINT" not in text
 
 
 def test_the_readme_links_the_option_tables():
