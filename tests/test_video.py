@@ -195,6 +195,10 @@ def test_mp3_audio_is_copied_as_it_is(tmp_path, generator):
 
 
 def test_an_mkv_whose_last_frame_is_held_is_complete_not_truncated(tmp_path, generator):
+    if int(av.__version__.split(".")[0]) < 18:
+        # Its bundled FFmpeg drops the last block's duration when muxing; it reads a file that
+        # holds one (written by PyAV 18) as it should.
+        pytest.skip("writing this mkv needs PyAV 18, which needs Python 3.11")
     source = write_video(tmp_path / "source.mp4", n=10, rate=30)
     # 9 frames of 1/30 s, then 0.7 s: 1 s
     held = remux(source, tmp_path / "held.mkv", last_frame_seconds=0.7)
