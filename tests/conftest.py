@@ -25,9 +25,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     torch.set_num_threads(1)
 
-# Small networks and images so that a whole training run takes seconds on a CPU; fp32, which
+# Small networks and images so that a whole training run takes seconds on a CPU (--n_epochs
+# epochs, none of decay, unless a test adds them); fp32, which
 # --amp auto would not be on CPUs with bf16 instructions, so that every machine runs the same.
-TINY = ["--size", "32", "--ngf", "8", "--ndf", "8", "--n_blocks", "2",
+TINY = ["--size", "32", "--ngf", "8", "--ndf", "8", "--n_blocks", "2", "--n_epochs_decay", "0",
         "--workers", "0", "--device", "cpu", "--no_visdom", "--amp", "off"]
 
 

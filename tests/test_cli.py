@@ -34,8 +34,8 @@ def read_losses(output):
 def test_two_epochs_of_training_then_translation_end_to_end(dataset, tmp_path):
     out = str(tmp_path / "run")
     result = run_script("train.py", "--dataroot", dataset, "--output", out, *TINY,
-                        "--n_epochs", "2", "--log_every", "2", "--sample_every", "5",
-                        "--save_every", "4", in_process=False)
+                        "--n_epochs", "1", "--n_epochs_decay", "1", "--log_every", "2",
+                        "--sample_every", "5", "--save_every", "4", in_process=False)
     assert result.returncode == 0, result.stderr
     assert (set(WEIGHTS) | {"checkpoint.pth", "options.json", "losses.csv", "samples"}
             <= set(os.listdir(out)))
@@ -88,27 +88,40 @@ def test_inputs_sharing_a_stem_keep_their_extension_in_the_output_name():
     assert names == ["a_jpg", "a_png", "b"]
 
 
-@pytest.mark.parametrize("n_epochs, decay_epoch", [(1, 1), (2, 1), (3, 1), (200, 100)])
-def test_decay_starts_after_half_the_epochs_and_never_before_the_first_ends(n_epochs, decay_epoch):
+def test_the_schedule_is_the_authors_100_epochs_at_the_full_rate_then_100_of_decay():
     from utils import linear_decay
-    args, _ = load_script("train.py").parse_args(["--dataroot", "d", "--n_epochs", str(n_epochs)])
-    assert args.decay_epoch == decay_epoch
-    assert linear_decay(0, args.n_epochs, args.decay_epoch) == 1  # a 1-epoch trial trains at --lr
+    train_py = load_script("train.py")
+    args, _ = train_py.parse_args(["--dataroot", "d"])
+    assert (args.n_epochs, args.n_epochs_decay, train_py.epochs(args)) == (100, 100, 200)
+    assert ([linear_decay(e, 100, 100) for e in (99, 100, 199)]
+            == pytest.approx([1, 1 - 1 / 101, 1 / 101]))
 
 
-def test_resume_with_fewer_epochs_than_the_saved_decay_says_where_the_value_came_from(dataset,
-                                                                                     tmp_path):
+def test_the_old_decay_epoch_flag_is_one_line_saying_what_to_write_instead(tmp_path):
+    result = run_script("train.py", "--dataroot", tmp_path, "--n_epochs", "200",
+                        "--decay_epoch", "100")
+    assert_user_error(result, "--decay_epoch is now the authors' --n_epochs_decay",
+                      "--n_epochs 100 --n_epochs_decay N-100")
+
+
+def test_a_checkpoint_from_before_the_authors_names_keeps_its_schedule():
+    saved = load_script("train.py").saved_options(
+        {"options": {"n_epochs": 10, "decay_epoch": 7, "output": "x", "resume": False}})
+    assert saved == {"n_epochs": 7, "n_epochs_decay": 3}
+
+
+def test_resume_into_an_empty_schedule_says_where_the_values_came_from(dataset, tmp_path):
     out = str(tmp_path / "run")
-    assert train(dataset, out, "--n_epochs", "4").returncode == 0
+    assert train(dataset, out, "--n_epochs", "1").returncode == 0
     result = run_script("train.py", "--dataroot", dataset, "--output", out, "--resume",
-                        "--n_epochs", "1")
-    assert_user_error(result, "--decay_epoch 2", "options not given again are the checkpoint's")
+                        "--n_epochs", "0")
+    assert_user_error(result, "at least one epoch", "options not given again are the checkpoint's")
 
 
 def test_run_killed_mid_training_then_resumed_ends_bit_identical_to_an_uninterrupted_run(
         tmp_path, single_thread):
     data = make_dataset(tmp_path / "data", {"trainA": 12, "trainB": 9})
-    options = ["--n_epochs", "3", "--decay_epoch", "1", "--save_every", "2", "--pool_size", "3",
+    options = ["--n_epochs", "1", "--n_epochs_decay", "2", "--save_every", "2", "--pool_size", "3",
                "--log_every", "1"]
     straight = str(tmp_path / "straight")
     assert train(data, straight, *options).returncode == 0
@@ -219,7 +232,7 @@ def test_resume_without_a_checkpoint_is_a_user_error(dataset, tmp_path):
     (["--size", "30"], ["--size 30", "multiple of 4"]),
     (["--load_size", "28"], ["--load_size 28", "at least --size 32"]),
     (["--n_epochs", "-1"], ["--n_epochs -1"]),
-    (["--n_epochs", "5", "--decay_epoch", "6"], ["--decay_epoch 6"]),
+    (["--n_epochs_decay", "-1"], ["--n_epochs_decay -1"]),
     (["--batch_size", "0"], ["--batch_size 0"]),
     (["--size", "big"], ["--size", "invalid int value"]),
     (["--size", "16"], ["--size 16", "at least 24"]),
@@ -228,6 +241,7 @@ def test_resume_without_a_checkpoint_is_a_user_error(dataset, tmp_path):
     (["--ndf", "0"], ["--ndf 0: must be at least 1"]),
     (["--lambda_identity", "-1"], ["--lambda_identity -1.0: must be at least 0"]),
     (["--no_such_flag"], ["unrecognized arguments"]),
+    (["--n_epoch", "3"], ["unrecognized arguments: --n_epoch"]),  # no abbreviations
 ])
 def test_bad_options_give_one_line_and_exit_status_2(dataset, tmp_path, flags, words):
     assert_user_error(train(dataset, str(tmp_path / "run"), *flags), *words)
@@ -266,11 +280,11 @@ def test_an_unreachable_visdom_elsewhere_warns_once_and_training_goes_on(dataset
 def test_help_explains_every_option():
     result = run_script("train.py", "--help")
     options = re.findall(r"^\s+(--\w+)", result.stdout, re.M)
-    assert {"--dataroot", "--output", "--n_epochs", "--decay_epoch", "--batch_size", "--lr",
+    assert {"--dataroot", "--output", "--n_epochs", "--n_epochs_decay", "--batch_size", "--lr",
             "--size", "--load_size", "--lambda_cycle", "--lambda_identity", "--pool_size", "--ngf",
             "--ndf", "--n_blocks", "--device", "--workers", "--seed", "--resume", "--no_visdom",
             "--visdom_server", "--visdom_port", "--sample_every", "--save_every"} <= set(options)
-    assert "default: 200" in result.stdout
+    assert "default: 100" in result.stdout and "--decay_epoch" not in result.stdout
 
 
 def test_a_single_generator_file_translates_a_folder_of_photos(tmp_path):
@@ -330,7 +344,7 @@ def test_a_generator_of_another_architecture_names_the_flags_that_fit(dataset, t
 
 def test_missing_weights_name_the_file(dataset, tmp_path):
     result = run_script("test.py", "--dataroot", dataset, "--weights", tmp_path)
-    assert_user_error(result, "netG_A2B.pth", "not found")
+    assert_user_error(result, "has no netG_A2B.pth or latest_net_G_A.pth")
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(dataset, tmp_path):
@@ -392,7 +406,8 @@ def test_test_py_rejects_impossible_numbers(dataset, tmp_path, flags):
 
 def test_worker_processes_do_not_change_what_is_learned(dataset, tmp_path, single_thread):
     common = ["--dataroot", dataset, "--size", "32", "--ngf", "8", "--ndf", "8",
-              "--n_blocks", "2", "--device", "cpu", "--no_visdom", "--n_epochs", "2"]
+              "--n_blocks", "2", "--device", "cpu", "--no_visdom", "--n_epochs", "2",
+              "--n_epochs_decay", "0"]
     assert run_script("train.py", *common, "--output", tmp_path / "w0",
                       "--workers", "0").returncode == 0
     assert run_script("train.py", *common, "--output", tmp_path / "w2",

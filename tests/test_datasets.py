@@ -94,6 +94,26 @@ def test_augment_crops_size_from_a_load_size_resize_and_is_fixed_by_its_seed(tmp
     assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
+def left_brighter(img):
+    pixels = np.asarray(img, dtype=float)
+    return pixels[:, :16].mean() > pixels[:, 16:].mean()
+
+
+@pytest.mark.parametrize("flip, mirrored", [(True, True), (False, False)])
+def test_no_flip_never_mirrors_a_sample_and_keeps_the_crops(flip, mirrored):
+    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+    pixels[:, :16] = 255  # the left half white
+    img = Image.fromarray(pixels)
+    samples = [augment(img, 32, 32, torch.Generator().manual_seed(seed), flip=flip)
+               for seed in range(20)]
+    assert any(not left_brighter(sample) for sample in samples) == mirrored
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8))
+    for seed in range(8):  # the same crop with or without flips
+        crops = [np.asarray(augment(photo, 40, 32, torch.Generator().manual_seed(seed), flip=f))
+                 for f in (True, False)]
+        assert any(np.array_equal(crops[0], c) for c in (crops[1], crops[1][:, ::-1]))
+
+
 def test_training_samples_are_3x_size_x_size_in_minus_one_to_one(tmp_path):
     a = [write_image(str(tmp_path / "A" / f"{i}.png"), size=(20, 20), seed=i) for i in range(2)]
     b = [write_image(str(tmp_path / "B" / f"{i}.png"), size=(64, 48), seed=9 + i) for i in range(3)]

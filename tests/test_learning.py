@@ -92,7 +92,7 @@ def learned(tmp_path_factory):
     root = tmp_path_factory.mktemp("learning")
     data = make_domains(root / "data")
     result = run_script("train.py", "--dataroot", data, "--output", root / "run", *TINY,
-                        "--load_size", "32", "--n_epochs", "60", "--decay_epoch", "30",
+                        "--load_size", "32", "--n_epochs", "30", "--n_epochs_decay", "30",
                         "--sample_every", "100000")
     assert result.returncode == 0, result.stderr
     untrained = root / "untrained"

@@ -18,6 +18,7 @@ NOT_OURS = {
     "--smoke",  # scripts/gpu_check.sh
     "--standalone", "--nproc_per_node", "--nnodes",  # torchrun
     "--rdzv_backend", "--rdzv_endpoint", "--rdzv_id",  # torchrun
+    "--decay_epoch",  # train.py's former option, refused saying what replaced it
 }
 
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]")

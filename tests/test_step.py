@@ -199,13 +199,12 @@ def test_pool_state_round_trip_gives_the_same_future_choices():
 
 @pytest.mark.parametrize("epoch,factor", [(0, 1.0), (99, 1.0), (100, 100 / 101), (150, 50 / 101),
                                           (199, 1 / 101)])
-def test_lr_is_constant_for_decay_epoch_epochs_then_falls_linearly_towards_zero_at_n_epochs(epoch,
-                                                                                            factor):
-    assert linear_decay(epoch, n_epochs=200, decay_epoch=100) == pytest.approx(factor)
+def test_lr_is_constant_for_n_epochs_then_falls_linearly_over_n_epochs_decay(epoch, factor):
+    assert linear_decay(epoch, n_epochs=100, n_epochs_decay=100) == pytest.approx(factor)
 
 
-def test_lr_stays_constant_when_decay_epoch_equals_n_epochs():
-    assert [linear_decay(e, 5, 5) for e in range(5)] == [1.0] * 5
+def test_lr_stays_constant_without_epochs_of_decay():
+    assert [linear_decay(e, 5, 0) for e in range(5)] == [1.0] * 5
 
 
 def test_set_lr_changes_both_optimisers():
