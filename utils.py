@@ -44,14 +44,58 @@ class RunFailure(Exception):
     """Training cannot go on (non-finite loss, full disk): one line, exit status 1."""
 
 
+# Options of the authors' pytorch-CycleGAN-and-pix2pix that these scripts do not take, and what
+# to do here instead (docs/migrating.md has the whole table).
+_NOT_HERE_YET = "not here yet (docs/migrating.md)"
+AUTHORS_FLAGS = {
+    "--name": "the run's folder is --output DIR (train.py) or --weights DIR (test.py)",
+    "--checkpoints_dir": "the run's folder is --output DIR (train.py) or --weights DIR (test.py)",
+    "--gpu_ids": "--device cuda, mps or cpu picks the device; several GPUs run under torchrun",
+    "--model": "these scripts train and run CycleGAN only",
+    "--netG": "--n_blocks 9 or 6 is resnet_9blocks or resnet_6blocks; U-Nets are " + _NOT_HERE_YET,
+    "--netD": "the 70x70 PatchGAN (their basic) is the discriminator; others are " + _NOT_HERE_YET,
+    "--n_layers_D": "the 70x70 PatchGAN has 3 layers; other depths are " + _NOT_HERE_YET,
+    "--norm": "instance normalisation, their CycleGAN default; others are " + _NOT_HERE_YET,
+    "--init_type": "weights start from normal(0, 0.02), their default; others are " + _NOT_HERE_YET,
+    "--init_gain": "weights start from normal(0, 0.02), their default; others are " + _NOT_HERE_YET,
+    "--no_dropout": "the generators have no dropout, their CycleGAN default: drop the flag",
+    "--input_nc": "images are RGB; other channel counts are " + _NOT_HERE_YET,
+    "--output_nc": "images are RGB; other channel counts are " + _NOT_HERE_YET,
+    "--crop_size": "--size N is the crop size",
+    "--preprocess": "--load_size then --size is their resize_and_crop; the others are "
+                    + _NOT_HERE_YET,
+    "--num_threads": "--workers N loads the data",
+    "--display_id": "--no_visdom turns the dashboard off",
+    "--display_server": "--visdom_server URL", "--display_port": "--visdom_port N",
+    "--display_env": "the visdom environment is the output folder's name",
+    "--display_freq": "--sample_every N (iterations)", "--print_freq": "--log_every N (iterations)",
+    "--save_latest_freq": "--save_every N (iterations)",
+    "--lambda_A": "--lambda_cycle weighs both cycle losses; separate weights are " + _NOT_HERE_YET,
+    "--lambda_B": "--lambda_cycle weighs both cycle losses; separate weights are " + _NOT_HERE_YET,
+    "--results_dir": "--results DIR", "--num_test": "every input image is translated",
+    "--gan_mode": "LSGAN, their CycleGAN default; the others are " + _NOT_HERE_YET,
+    "--lr_policy": "linear decay, their default; the others are " + _NOT_HERE_YET,
+    "--beta1": "Adam's beta1 is 0.5, their default; others are " + _NOT_HERE_YET,
+    "--serial_batches": _NOT_HERE_YET, "--max_dataset_size": _NOT_HERE_YET,
+    "--phase": _NOT_HERE_YET, "--eval": "the generators always translate in eval mode",
+    "--aspect_ratio": "images keep their own size",
+}
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one line and exit status 2, and takes no
-    abbreviations: `--eval` must not pick --eval_every or --eval_dims by accident."""
+    """argparse that reports a bad command line as one line and exit status 2, takes no
+    abbreviations (`--eval` must not pick --eval_every or --eval_dims by accident), and says
+    what to write instead of an option of the authors' that it does not take."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            given = [word.split("=")[0] for word in message.split(":", 1)[1].split()]
+            theirs = next((flag for flag in given if flag in AUTHORS_FLAGS), None)
+            if theirs:
+                message = f"{theirs} is an option of the authors' code: {AUTHORS_FLAGS[theirs]}"
         fail(f"{self.prog}: error: {message}")
 
 

@@ -123,6 +123,12 @@ def test_every_option_the_readme_mentions_exists_in_that_scripts_help(help_optio
     assert not wrong, "\n".join(wrong)
 
 
+def test_the_authors_options_named_as_not_taken_are_taken_by_no_script(help_options):
+    from utils import AUTHORS_FLAGS
+    taken = set().union(*help_options.values())
+    assert not sorted(flag for flag in AUTHORS_FLAGS if flag in taken)
+
+
 def test_the_allow_list_of_other_tools_options_is_still_needed():
     """An entry nobody mentions any more should go, so the allow-list cannot hide a typo."""
     text = "\n".join(read_lines(README) + read_lines(OPTIONS_DOC))
