@@ -56,7 +56,10 @@ def l1(x, y):
 def batched(net, *inputs):
     """net applied to each input, in one call on their concatenation. InstanceNorm normalises
     each image on its own, so this gives the outputs and gradients of separate calls (to
-    float rounding) with fewer, larger kernels."""
+    float rounding) with fewer, larger kernels. Inputs of different sizes (train.py
+    --preprocess none or scale_width) go through one call each."""
+    if len({x.shape[1:] for x in inputs}) > 1:
+        return tuple(net(x) for x in inputs)
     outputs = net(torch.cat(inputs)) if len(inputs) > 1 else net(inputs[0])
     return outputs.split([len(x) for x in inputs])
 

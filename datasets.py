@@ -197,16 +197,52 @@ def to_pixels(images):
     return images.float().mul(0.5).add(0.5).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
 
 
-def augment(img, load_size, size, generator, flip=True):
-    """The paper's training transform: bicubic resize to load_size x load_size, random
-    size x size crop, random horizontal flip unless `flip` is False (the coin is tossed
-    anyway, so that crops are the same either way). Randomness comes from `generator` only."""
-    img = TF.resize(img, [load_size, load_size], InterpolationMode.BICUBIC)
-    top, left = torch.randint(0, load_size - size + 1, (2,), generator=generator).tolist()
-    img = TF.crop(img, top, left, size, size)
+# The authors' --preprocess choices; the first is the paper's.
+PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+CROPPING = ("resize_and_crop", "crop", "scale_width_and_crop")  # all samples size x size
+
+
+def augment(img, load_size, size, generator, flip=True, preprocess="resize_and_crop"):
+    """The training transform of the authors' --preprocess (the paper's by default: bicubic
+    resize to load_size x load_size, then a random size x size crop), then a random
+    horizontal flip unless `flip` is False (the coin is tossed anyway, so that crops are the
+    same either way). Randomness comes from `generator` only."""
+    img = _scaled(img, load_size, size, preprocess)
+    if preprocess in CROPPING:
+        img = _random_crop(img, size, generator)
     if torch.rand((), generator=generator).item() < 0.5 and flip:
         img = TF.hflip(img)
     return img
+
+
+def _scaled(img, load_size, size, preprocess):
+    """resize_and_crop: load_size x load_size. scale_width(_and_crop): load_size wide, as tall
+    as the aspect ratio says but at least `size`. crop: as it is, enlarged only where it is
+    smaller than the crop. none: as it is. Sizes the crop does not fix are rounded to
+    multiples of 4, which the generator's two down- and up-samplings need."""
+    w, h = img.size
+    if preprocess == "resize_and_crop":
+        target = (load_size, load_size)
+    elif preprocess.startswith("scale_width"):
+        target = (max(int(load_size * h / w), size), load_size)
+    elif preprocess == "crop":
+        scale = max(1.0, size / min(w, h))
+        target = (math.ceil(h * scale), math.ceil(w * scale))
+    else:
+        target = (h, w)
+    if preprocess not in CROPPING:
+        target = tuple(max(4, round(t / 4) * 4) for t in target)
+    return img if target == (h, w) else TF.resize(img, list(target), InterpolationMode.BICUBIC)
+
+
+def _random_crop(img, size, generator):
+    w, h = img.size
+    if w == h:  # one draw for both, as always: the paper's square crops stay as they were
+        top, left = torch.randint(0, h - size + 1, (2,), generator=generator).tolist()
+    else:
+        top = int(torch.randint(0, h - size + 1, (), generator=generator))
+        left = int(torch.randint(0, w - size + 1, (), generator=generator))
+    return TF.crop(img, top, left, size, size)
 
 
 def load_readable(paths, index, min_size, warned):
@@ -232,9 +268,14 @@ class UnalignedDataset(torch.utils.data.Dataset):
     same images and crops as an uninterrupted one, whatever the number of workers.
     """
 
-    def __init__(self, paths_A, paths_B, load_size, size, flip=True):
+    def __init__(self, paths_A, paths_B, load_size, size, flip=True,
+                 preprocess="resize_and_crop"):
         self.paths_A, self.paths_B = paths_A, paths_B
         self.load_size, self.size, self.flip = load_size, size, flip
+        self.preprocess = preprocess
+        # JPEGs decoded at a reduced scale where the image is resized anyway
+        self.min_size = load_size if preprocess in ("resize_and_crop", "scale_width",
+                                                    "scale_width_and_crop") else None
         self.warned = set()
 
     def __len__(self):
@@ -247,8 +288,9 @@ class UnalignedDataset(torch.utils.data.Dataset):
                 "B": self._sample(self.paths_B, index_B, generator)}
 
     def _sample(self, paths, index, generator):
-        img = load_readable(paths, index, self.load_size, self.warned)
-        return to_tensor(augment(img, self.load_size, self.size, generator, self.flip))
+        img = load_readable(paths, index, self.min_size, self.warned)
+        return to_tensor(augment(img, self.load_size, self.size, generator, self.flip,
+                                 self.preprocess))
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -256,7 +298,9 @@ class EpochSampler(torch.utils.data.Sampler):
 
     An epoch has max(|A|, |B|) samples: A is visited in a shuffled order (cycling when B is
     larger), B is drawn at random for each sample, as in the authors' unaligned dataset.
-    `start` skips the samples already trained on when resuming mid-epoch. The DataLoader
+    With `serial` (the authors' --serial_batches), A goes in order and B with it, cycling;
+    the crops and flips stay random. `start` skips the samples already trained on when
+    resuming mid-epoch. The DataLoader
     iterates its sampler in the main process, so `set_epoch` reaches persistent workers.
 
     Under torchrun, process `rank` of `world_size` takes every world_size-th triple of the
@@ -265,8 +309,8 @@ class EpochSampler(torch.utils.data.Sampler):
     does not depend on the number of processes, so a run can resume with another one.
     """
 
-    def __init__(self, n_A, n_B, seed, *, epoch=0, start=0, rank=0, world_size=1):
-        self.n_A, self.n_B, self.seed = n_A, n_B, seed
+    def __init__(self, n_A, n_B, seed, *, epoch=0, start=0, rank=0, world_size=1, serial=False):
+        self.n_A, self.n_B, self.seed, self.serial = n_A, n_B, seed, serial
         self.n = max(n_A, n_B)
         self.rank, self.world_size = rank, world_size
         self.set_epoch(epoch, start)
@@ -282,6 +326,8 @@ class EpochSampler(torch.utils.data.Sampler):
         order = torch.randperm(self.n, generator=g) % self.n_A
         draws_B = torch.randint(0, self.n_B, (self.n,), generator=g)
         seeds = torch.randint(0, 2**62, (self.n,), generator=g)
+        if self.serial:  # drawn all the same, so that the seeds are those of a shuffled epoch
+            order, draws_B = torch.arange(self.n) % self.n_A, torch.arange(self.n) % self.n_B
         rest = list(zip(order.tolist(), draws_B.tolist(), seeds.tolist()))[self.start:]
         rest += (rest * self.world_size)[:len(self) * self.world_size - len(rest)]
         return iter(rest[self.rank::self.world_size])

@@ -38,28 +38,7 @@ from weights import MODELS_URL, PRETRAINED, fetch_pretrained, load_generators, p
 def build_parser():
     p = ArgumentParser(description="Translate images and videos A->B and B->A with trained "
                        "generators.")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataroot", help="dataset folder: translates testA/ (or test/A) and "
-                        "testB/ (or test/B); one of the authors' datasets is downloaded there "
-                        "first if missing")
-    source.add_argument("--input", help="your own images and videos to translate in --direction: "
-                        "a folder of them, or one file")
-    p.add_argument("--direction", choices=("A2B", "B2A", "both"),
-                   help="which generator(s) to run (default: both with --dataroot, A2B with "
-                   "--input)")
-    p.add_argument("--weights", help="folder with netG_A2B.pth and netG_B2A.pth (train.py's "
-                   "--output) or with latest_net_G_A.pth and latest_net_G_B.pth (the authors' "
-                   "checkpoints/NAME), train.py's checkpoint.pth, or one generator .pth file such "
-                   "as the authors' horse2zebra.pth (default: output/<dataroot name>)")
-    p.add_argument("--epoch", help="the --weights folder's snapshot of epoch N (train.py's "
-                   "N_netG_A2B.pth, the authors' N_net_G_A.pth) instead of its latest weights; "
-                   "results go to <weights folder>/results_epochN (default: the latest)")
-    p.add_argument("--pretrained", metavar="NAME", choices=sorted(PRETRAINED),
-                   help="use the authors' published generator NAME (downloaded once into "
-                   f"output/pretrained/, from $CYCLEGAN_MODELS_URL or {MODELS_URL}) on --input, "
-                   "in the one direction it translates: " + ", ".join(PRETRAINED))
-    p.add_argument("--results", help="where translations and index.html go (default: <weights "
-                   "folder>/results, or <weights folder>/results_<input folder name> with --input)")
+    _add_input_options(p)
     p.add_argument("--ngf", type=int,
                    help="generator filters in the first layer (default: read from the weights)")
     p.add_argument("--n_blocks", type=int,
@@ -82,17 +61,48 @@ def build_parser():
     return p
 
 
+def _add_input_options(p):
+    """What is translated, with which weights, and where the results go."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataroot", help="dataset folder: translates testA/ (or test/A) and "
+                        "testB/ (or test/B); one of the authors' datasets is downloaded there "
+                        "first if missing")
+    source.add_argument("--input", help="your own images and videos to translate in --direction: "
+                        "a folder of them, or one file")
+    p.add_argument("--direction", choices=("A2B", "B2A", "both"),
+                   help="which generator(s) to run (default: both with --dataroot, A2B with "
+                   "--input)")
+    p.add_argument("--weights", help="folder with netG_A2B.pth and netG_B2A.pth (train.py's "
+                   "--output) or with latest_net_G_A.pth and latest_net_G_B.pth (the authors' "
+                   "checkpoints/NAME), train.py's checkpoint.pth, or one generator .pth file such "
+                   "as the authors' horse2zebra.pth (default: output/<dataroot name>)")
+    p.add_argument("--phase", default="test", help="with --dataroot, the split to translate: "
+                   "PHASEA/ and PHASEB/ (default: test)")
+    p.add_argument("--num_test", type=int, help="translate the first N inputs of each direction, "
+                   "by name (default: all)")
+    p.add_argument("--epoch", help="the --weights folder's snapshot of epoch N (train.py's "
+                   "N_netG_A2B.pth, the authors' N_net_G_A.pth) instead of its latest weights; "
+                   "results go to <weights folder>/results_epochN (default: the latest)")
+    p.add_argument("--pretrained", metavar="NAME", choices=sorted(PRETRAINED),
+                   help="use the authors' published generator NAME (downloaded once into "
+                   f"output/pretrained/, from $CYCLEGAN_MODELS_URL or {MODELS_URL}) on --input, "
+                   "in the one direction it translates: " + ", ".join(PRETRAINED))
+    p.add_argument("--results", help="where translations and index.html go (default: <weights "
+                   "folder>/results, or <weights folder>/results_<input folder name> with --input)")
+
+
 def resolve(args):
     """Check the options, fill in the defaults that depend on others; returns {direction: input
     folder}. Downloads nothing: --pretrained's file is fetched once the options are known good."""
     require(args, 0, "workers")
-    require(args, 1, "ngf", "n_blocks", "batch_size")
+    require(args, 1, "ngf", "n_blocks", "batch_size", "num_test")
     require(args, 0.1, "memory_gb")
     if args.pretrained:
         check_pretrained(args)
     if args.dataroot is not None:
         directions = ("A2B", "B2A") if args.direction in (None, "both") else (args.direction,)
-        inputs = {d: domain_dir(args.dataroot, "test", DIRECTIONS[d].source) for d in directions}
+        inputs = {d: domain_dir(args.dataroot, args.phase, DIRECTIONS[d].source)
+                  for d in directions}
         args.weights = args.weights or default_output(args.dataroot)
     else:
         if args.direction == "both":
@@ -431,6 +441,7 @@ def main(argv=None):
             fetch_pretrained(args.pretrained)
         device = pick_device(args.device)
         scans = {d: list_inputs(path) for d, path in inputs.items()}
+        scans = {d: (paths[:args.num_test], skipped) for d, (paths, skipped) in scans.items()}
         nets = load_generators(args.weights, list(inputs), args.ngf, args.n_blocks, device,
                                args.epoch)
         make_results_folder(args.results)

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from cyclegan import LOSS_NAMES, MIN_SIZE, CycleGAN
 from dashboard import Dashboard, ensure_server
-from datasets import EpochSampler, UnalignedDataset, domain_dir, fetch_dataset, list_images
+from datasets import (CROPPING, PREPROCESS, EpochSampler, UnalignedDataset, domain_dir,
+                      fetch_dataset, list_images)
 from fid import inception_network
 from utils import (AUTHORS_NAMES, VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals,
                    UserError, add_amp_argument, add_device_argument, add_workers_argument,
@@ -59,19 +60,44 @@ BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
 def build_parser():
     p = ArgumentParser(description="Train CycleGAN on unaligned image folders "
                        "(DIR/trainA + DIR/trainB, or DIR/train/A + DIR/train/B).")
-    _add_data_and_schedule_options(p)
+    _add_data_options(p)
+    _add_schedule_and_loss_options(p)
     _add_network_and_speed_options(p)
     _add_run_options(p)
     return p
 
 
-def _add_data_and_schedule_options(p):
+def _add_data_options(p):
     p.add_argument("--dataroot", required=True,
                    help="dataset folder with trainA/ and trainB/ (or train/A, train/B); one "
                    "of the authors' datasets, e.g. datasets/horse2zebra, is downloaded there "
                    "first if missing (bash datasets/download.sh --help lists them)")
     p.add_argument("--output", help="where weights, checkpoint, losses.csv and samples go "
                    "(default: output/<dataroot name>)")
+    p.add_argument("--phase", default="train",
+                   help="the split to train on: PHASEA/ and PHASEB/ (default: train)")
+    p.add_argument("--max_dataset_size", type=int,
+                   help="train on the first N images of each domain, by name (default: all)")
+    p.add_argument("--serial_batches", action="store_true",
+                   help="as the authors' option: A images in order, each with the B image of the "
+                   "same position (cycling), instead of shuffled A and random B")
+    p.add_argument("--size", "--crop_size", type=int, default=256, dest="size",
+                   help="training crop size, a multiple of 4; --crop_size is the authors' name "
+                   "(default: 256)")
+    p.add_argument("--load_size", type=int, help="images are resized to this before cropping "
+                   "(default: size*286/256, i.e. 286 for 256)")
+    p.add_argument("--preprocess", choices=PREPROCESS, default=PREPROCESS[0],
+                   help="as the authors' option: resize_and_crop resizes to load_size x "
+                   "load_size, then crops (the paper's); crop crops the image as it is; "
+                   "scale_width resizes to load_size wide, keeping the aspect ratio; "
+                   "scale_width_and_crop does that, then crops; none keeps the image as it is "
+                   "(sizes rounded to multiples of 4). scale_width and none give images of "
+                   "their own sizes, so --batch_size 1 (default: resize_and_crop)")
+    p.add_argument("--no_flip", action="store_true", help="no random horizontal flips, for data "
+                   "that must not be mirrored (text, traffic on one side, left and right anatomy)")
+
+
+def _add_schedule_and_loss_options(p):
     p.add_argument("--n_epochs", type=int, default=100,
                    help="epochs at the full learning rate, as the authors' option (default: 100)")
     p.add_argument("--n_epochs_decay", type=int, default=100,
@@ -84,12 +110,6 @@ def _add_data_and_schedule_options(p):
                    help="images per domain per step (default: 1, as in the paper)")
     p.add_argument("--lr", type=float, default=2e-4,
                    help="Adam learning rate, betas 0.5/0.999 (default: 2e-4)")
-    p.add_argument("--size", type=int, default=256,
-                   help="training crop size, a multiple of 4 (default: 256)")
-    p.add_argument("--load_size", type=int, help="images are resized to this before cropping "
-                   "(default: size*286/256, i.e. 286 for 256)")
-    p.add_argument("--no_flip", action="store_true", help="no random horizontal flips, for data "
-                   "that must not be mirrored (text, traffic on one side, left and right anatomy)")
     p.add_argument("--lambda_cycle", type=float, default=10.0,
                    help="weight of the cycle-consistency loss (default: 10)")
     p.add_argument("--lambda_identity", type=float, default=0.5,
@@ -245,6 +265,9 @@ def check_args(args):
          "discriminator needs 24x24)"),
         (args.load_size >= args.size,
          f"--load_size {args.load_size}: must be at least --size {args.size}"),
+        (args.batch_size == 1 or args.preprocess in CROPPING,
+         f"--preprocess {args.preprocess} gives images of their own sizes, which cannot share a "
+         f"batch: use --batch_size 1, or a --preprocess that crops"),
         (args.n_epochs >= 0, f"--n_epochs {args.n_epochs}: must be at least 0"),
         (args.n_epochs_decay >= 0, f"--n_epochs_decay {args.n_epochs_decay}: must be at least 0"),
         (epochs(args) >= 1, "--n_epochs 0 --n_epochs_decay 0: the run needs at least one epoch"),
@@ -262,7 +285,7 @@ def check_args(args):
             "save_every")
     require(args, 0, "lambda_cycle", "lambda_identity", "pool_size", "workers", "eval_every",
             "save_epoch_freq")
-    require(args, 1, "epoch_count")
+    require(args, 1, "epoch_count", "max_dataset_size")
 
 
 # Saving and resuming
@@ -538,7 +561,8 @@ def training_images(args, checkpoint, launch):
     datasets is downloaded first if --dataroot names it and is not there."""
     fetch_dataset(args.dataroot, allowed=not launch.torchrun)
     (paths_A, skipped_A), (paths_B, skipped_B) = (
-        list_images(domain_dir(args.dataroot, "train", d)) for d in "AB")
+        list_images(domain_dir(args.dataroot, args.phase, d)) for d in "AB")
+    paths_A, paths_B = paths_A[:args.max_dataset_size], paths_B[:args.max_dataset_size]
     if launch.writes:
         report_skipped(skipped_A + skipped_B)
     if checkpoint is None and os.path.exists(os.path.join(args.output, "checkpoint.pth")):
@@ -569,9 +593,9 @@ def build_model(args, launch):
 
 def build_loader(args, launch, paths_A, paths_B):
     dataset = UnalignedDataset(paths_A, paths_B, args.load_size, args.size,
-                               flip=not args.no_flip)
+                               flip=not args.no_flip, preprocess=args.preprocess)
     sampler = EpochSampler(len(paths_A), len(paths_B), args.seed, rank=launch.rank,
-                           world_size=launch.world_size)
+                           world_size=launch.world_size, serial=args.serial_batches)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
         persistent_workers=args.workers > 0, pin_memory=launch.device.type == "cuda",
@@ -706,7 +730,7 @@ def train(args, checkpoint, launch):
     """Every epoch from where the run stands to the last, each ending with a checkpoint
     and, every --eval_every epochs, an evaluation."""
     set_fp32_precision("tf32")
-    if launch.device.type == "cuda":
+    if launch.device.type == "cuda" and args.preprocess in CROPPING:
         # Training crops all have one size, so cuDNN may pick the fastest algorithms once.
         torch.backends.cudnn.benchmark = True
     paths_A, paths_B = training_images(args, checkpoint, launch)

@@ -61,9 +61,6 @@ AUTHORS_FLAGS = {
     "--no_dropout": "the generators have no dropout, their CycleGAN default: drop the flag",
     "--input_nc": "images are RGB; other channel counts are " + _NOT_HERE_YET,
     "--output_nc": "images are RGB; other channel counts are " + _NOT_HERE_YET,
-    "--crop_size": "--size N is the crop size",
-    "--preprocess": "--load_size then --size is their resize_and_crop; the others are "
-                    + _NOT_HERE_YET,
     "--num_threads": "--workers N loads the data",
     "--display_id": "--no_visdom turns the dashboard off",
     "--display_server": "--visdom_server URL", "--display_port": "--visdom_port N",
@@ -72,12 +69,11 @@ AUTHORS_FLAGS = {
     "--save_latest_freq": "--save_every N (iterations)",
     "--lambda_A": "--lambda_cycle weighs both cycle losses; separate weights are " + _NOT_HERE_YET,
     "--lambda_B": "--lambda_cycle weighs both cycle losses; separate weights are " + _NOT_HERE_YET,
-    "--results_dir": "--results DIR", "--num_test": "every input image is translated",
+    "--results_dir": "--results DIR",
     "--gan_mode": "LSGAN, their CycleGAN default; the others are " + _NOT_HERE_YET,
     "--lr_policy": "linear decay, their default; the others are " + _NOT_HERE_YET,
     "--beta1": "Adam's beta1 is 0.5, their default; others are " + _NOT_HERE_YET,
-    "--serial_batches": _NOT_HERE_YET, "--max_dataset_size": _NOT_HERE_YET,
-    "--phase": _NOT_HERE_YET, "--eval": "the generators always translate in eval mode",
+    "--eval": "the generators always translate in eval mode",
     "--aspect_ratio": "images keep their own size",
 }
 
@@ -597,8 +593,13 @@ VISUAL_NAMES = ("real_A", "fake_B", "rec_A", "real_B", "fake_A", "rec_B")
 
 
 def visuals_grid(visuals):
-    """The six images as one [0, 1] grid: real_A, fake_B, rec_A over real_B, fake_A, rec_B."""
-    images = torch.stack([visuals[k][0].float().cpu() for k in VISUAL_NAMES])
+    """The six images as one [0, 1] grid: real_A, fake_B, rec_A over real_B, fake_A, rec_B;
+    A and B images of different sizes (train.py --preprocess none) padded in white."""
+    images = [visuals[k][0].float().cpu() for k in VISUAL_NAMES]
+    height, width = (max(image.shape[i] for image in images) for i in (1, 2))
+    images = torch.stack([torch.nn.functional.pad(
+        image, (0, width - image.shape[2], 0, height - image.shape[1]), value=1.0)
+        for image in images])
     return make_grid(images * 0.5 + 0.5, nrow=3, padding=2)
 
 
@@ -607,12 +608,14 @@ def save_visuals(visuals, path, min_tile=128, label_height=16, gap=2):
     neighbour) to at least `min_tile` pixels wide, so that a 64x64 sample can be seen."""
     tiles = [to_pil_image((visuals[name][0].float().cpu() * 0.5 + 0.5).clamp(0, 1))
              for name in VISUAL_NAMES]
-    scale = max(1, math.ceil(min_tile / tiles[0].width))
-    width, height = tiles[0].width * scale, tiles[0].height * scale
+    scale = max(1, math.ceil(min_tile / max(tile.width for tile in tiles)))
+    width = max(tile.width for tile in tiles) * scale
+    height = max(tile.height for tile in tiles) * scale
     sheet = Image.new("RGB", (3 * width + 4 * gap, 2 * (label_height + height) + 3 * gap), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (name, tile) in enumerate(zip(VISUAL_NAMES, tiles)):
         x, y = gap + (i % 3) * (width + gap), gap + (i // 3) * (label_height + height + gap)
         draw.text((x + 2, y + 2), name, fill="black")
-        sheet.paste(tile.resize((width, height), Image.NEAREST), (x, y + label_height))
+        sheet.paste(tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST),
+                    (x, y + label_height))
     sheet.save(path)

@@ -542,3 +542,46 @@ def test_a_generator_in_another_layout_says_how_it_differs(dataset, tmp_path):
                       "InstanceNorm with affine weights (model.2.weight))",
                       "test.py reads the authors' layout")
     assert "--n_blocks 0" not in result.stderr
+
+
+def test_scale_width_trains_on_non_square_images_of_two_sizes_and_draws_their_samples(tmp_path):
+    data = make_dataset(tmp_path / "data", {"trainA": 2, "trainB": 2}, size=(64, 32))
+    for i in range(2):  # domain B taller than wide
+        write_image(os.path.join(data, "trainB", f"trainB_{i}.png"), size=(40, 60), seed=i)
+    out = str(tmp_path / "run")
+    result = train(data, out, "--preprocess", "scale_width", "--load_size", "48",
+                   "--n_epochs", "1", "--sample_every", "1")
+    assert result.returncode == 0, result.stderr
+    samples = sorted(os.listdir(os.path.join(out, "samples")))
+    assert samples and Image.open(os.path.join(out, "samples", samples[0])).size[0] >= 3 * 48
+
+
+def test_a_preprocess_without_crops_needs_batch_size_1(dataset, tmp_path):
+    result = train(dataset, str(tmp_path / "run"), "--preprocess", "none", "--batch_size", "2")
+    assert_user_error(result, "--preprocess none", "--batch_size 1")
+
+
+def test_crop_size_is_the_authors_name_for_size():
+    args, _ = load_script("train.py").parse_args(["--dataroot", "d", "--crop_size", "128"])
+    assert args.size == 128
+
+
+def test_phase_and_max_dataset_size_choose_what_is_trained_on(tmp_path):
+    data = make_dataset(tmp_path / "data", {"valA": 4, "valB": 3})
+    out = str(tmp_path / "run")
+    result = train(data, out, "--phase", "val", "--max_dataset_size", "2", "--n_epochs", "1")
+    assert result.returncode == 0, result.stderr
+    assert "2 A and 2 B images" in result.stdout
+
+
+def test_test_py_phase_and_num_test_choose_what_is_translated(tmp_path):
+    data = make_dataset(tmp_path / "data", {"valA": 3, "valB": 1})
+    weights = tmp_path / "w"
+    weights.mkdir()
+    for name in ("netG_A2B.pth", "netG_B2A.pth"):
+        save_generator(weights / name)
+    result = run_script("test.py", "--dataroot", data, "--weights", weights, "--phase", "val",
+                        "--num_test", "2", "--results", tmp_path / "results")
+    assert result.returncode == 0, result.stderr
+    assert len(os.listdir(tmp_path / "results" / "A2B")) == 2
+    assert len(os.listdir(tmp_path / "results" / "B2A")) == 1

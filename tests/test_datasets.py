@@ -114,6 +114,25 @@ def test_no_flip_never_mirrors_a_sample_and_keeps_the_crops(flip, mirrored):
         assert any(np.array_equal(crops[0], c) for c in (crops[1], crops[1][:, ::-1]))
 
 
+@pytest.mark.parametrize("preprocess, size", [
+    ("resize_and_crop", (32, 32)), ("crop", (32, 32)), ("scale_width_and_crop", (32, 32)),
+    ("scale_width", (48, 32)),  # 48 wide, 48 * 41 / 82 = 24 tall, raised to the crop's 32
+    ("none", (80, 40)),  # 82 x 41 rounded to multiples of 4
+])
+def test_each_preprocess_gives_the_authors_sample_size_from_a_wide_image(preprocess, size):
+    wide = Image.fromarray(np.random.default_rng(0).integers(0, 256, (41, 82, 3), np.uint8))
+    sample = augment(wide, 48, 32, torch.Generator().manual_seed(0), preprocess=preprocess)
+    assert sample.size == size
+
+
+def test_crop_takes_a_window_of_the_image_at_its_own_scale():
+    pixels = np.random.default_rng(1).integers(0, 256, (40, 60, 3), np.uint8)
+    crop = np.asarray(augment(Image.fromarray(pixels), 48, 32, torch.Generator().manual_seed(3),
+                              flip=False, preprocess="crop"))
+    windows = [pixels[top:top + 32, left:left + 32] for top in range(9) for left in range(29)]
+    assert any(np.array_equal(crop, window) for window in windows)
+
+
 def test_training_samples_are_3x_size_x_size_in_minus_one_to_one(tmp_path):
     a = [write_image(str(tmp_path / "A" / f"{i}.png"), size=(20, 20), seed=i) for i in range(2)]
     b = [write_image(str(tmp_path / "B" / f"{i}.png"), size=(64, 48), seed=9 + i) for i in range(3)]
@@ -142,6 +161,13 @@ def test_epoch_order_is_fixed_by_seed_and_epoch_and_differs_between_epochs():
             != list(EpochSampler(50, 50, seed=1, epoch=4)))
     assert (list(EpochSampler(50, 50, seed=1, epoch=3))
             != list(EpochSampler(50, 50, seed=2, epoch=3)))
+
+
+def test_serial_batches_take_a_in_order_with_the_b_of_the_same_place_and_the_same_seeds():
+    serial = list(EpochSampler(3, 5, seed=0, serial=True))
+    shuffled = list(EpochSampler(3, 5, seed=0))
+    assert [(a, b) for a, b, _ in serial] == [(0, 0), (1, 1), (2, 2), (0, 3), (1, 4)]
+    assert [seed for *_, seed in serial] == [seed for *_, seed in shuffled]
 
 
 def test_set_epoch_gives_the_order_of_a_sampler_made_for_that_epoch():
