@@ -8,8 +8,9 @@ losses and one optimisation step, usable without train.py's command line.
 G_A2B translates domain A to B and G_B2A back; D_A judges domain-A images, D_B domain-B
 ones. The generators minimise, in this order (section 3 and 5.2 of the paper):
   loss_G_GAN      LSGAN: D_B(G_A2B(a)) and D_A(G_B2A(b)) against 1
-  loss_G_cycle    lambda_cycle * (|G_B2A(G_A2B(a)) - a| + |G_A2B(G_B2A(b)) - b|)
-  loss_G_identity lambda_cycle * lambda_identity * (|G_A2B(b) - b| + |G_B2A(a) - a|)
+  loss_G_cycle    lambda_A * |G_B2A(G_A2B(a)) - a| + lambda_B * |G_A2B(G_B2A(b)) - b|
+  loss_G_identity lambda_identity * (lambda_B * |G_A2B(b) - b| + lambda_A * |G_B2A(a) - a|)
+(lambda_A and lambda_B are both lambda_cycle unless given, as the authors name them)
 then the discriminators minimise loss_D, LSGAN on real images against 1 and on generated ones,
 drawn from a replay buffer of pool_size images, against 0, halved.
 """
@@ -64,16 +65,17 @@ def batched(net, *inputs):
     return outputs.split([len(x) for x in inputs])
 
 
-def adam(nets, lr):
-    """The paper's Adam (betas 0.5, 0.999) over the networks' parameters. Fused where torch has
-    a fused kernel for the device: it updates all parameters in one pass, where the default
-    per-tensor loop took as long as a tenth of a 128x128 iteration on a CPU
-    (docs/benchmarks.md); torch older than 2.5 has none for MPS, and refuses."""
+def adam(nets, lr, beta1=0.5):
+    """The paper's Adam (betas 0.5, 0.999; the first is the authors' --beta1) over the
+    networks' parameters. Fused where torch has a fused kernel for the device: it updates all
+    parameters in one pass, where the default per-tensor loop took as long as a tenth of a
+    128x128 iteration on a CPU (docs/benchmarks.md); torch older than 2.5 has none for MPS,
+    and refuses."""
     parameters = [p for net in nets for p in net.parameters()]
     try:
-        return torch.optim.Adam(parameters, lr=lr, betas=(0.5, 0.999), fused=True)
+        return torch.optim.Adam(parameters, lr=lr, betas=(beta1, 0.999), fused=True)
     except RuntimeError:
-        return torch.optim.Adam(parameters, lr=lr, betas=(0.5, 0.999))
+        return torch.optim.Adam(parameters, lr=lr, betas=(beta1, 0.999))
 
 
 def _set_requires_grad(nets, flag):
@@ -86,11 +88,13 @@ class CycleGAN:
     """The two generators (G_A2B, G_B2A), the two discriminators (D_A judges domain-A images,
     D_B domain-B images), their two Adam optimisers and the two replay buffers."""
 
-    def __init__(self, *, device="cpu", ngf=64, ndf=64, n_blocks=9, lr=2e-4, lambda_cycle=10.0,
-                 lambda_identity=0.5, pool_size=50, seed=0, amp=False, channels_last=False,
-                 rank=0):
+    def __init__(self, *, device="cpu", ngf=64, ndf=64, n_blocks=9, lr=2e-4, beta1=0.5,
+                 lambda_cycle=10.0, lambda_A=None, lambda_B=None, lambda_identity=0.5,
+                 pool_size=50, seed=0, amp=False, channels_last=False, rank=0):
         self.device = torch.device(device)
-        self.lambda_cycle, self.lambda_identity = lambda_cycle, lambda_identity
+        self.lambda_A = lambda_cycle if lambda_A is None else lambda_A
+        self.lambda_B = lambda_cycle if lambda_B is None else lambda_B
+        self.lambda_identity = lambda_identity
         self.amp_dtype = amp_dtype(self.device) if amp else None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         with torch.random.fork_rng(devices=[]):
@@ -101,8 +105,8 @@ class CycleGAN:
             self.D_B = Discriminator(ndf=ndf)
         for net in self.networks().values():
             net.to(self.device, memory_format=self.memory_format)
-        self.opt_G = adam([self.G_A2B, self.G_B2A], lr)
-        self.opt_D = adam([self.D_A, self.D_B], lr)
+        self.opt_G = adam([self.G_A2B, self.G_B2A], lr, beta1)
+        self.opt_D = adam([self.D_A, self.D_B], lr, beta1)
         # fp16 gradients need scaling against underflow; bf16 and fp32 ones do not.
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
@@ -129,11 +133,11 @@ class CycleGAN:
             # wanted, and a DistributedDataParallel wrapper would wait for it.
             _set_requires_grad((self.D_A, self.D_B), False)
             loss_G_GAN = lsgan(self.D_B(fake_B), True) + lsgan(self.D_A(fake_A), True)
-            loss_G_cycle = self.lambda_cycle * (l1(rec_A, real_A) + l1(rec_B, real_B))
+            loss_G_cycle = self.lambda_A * l1(rec_A, real_A) + self.lambda_B * l1(rec_B, real_B)
             loss_G_identity = torch.zeros((), device=self.device)
             if self.lambda_identity > 0:
-                loss_G_identity = (self.lambda_cycle * self.lambda_identity
-                                   * (l1(idt_B, real_B) + l1(idt_A, real_A)))
+                loss_G_identity = self.lambda_identity * (self.lambda_B * l1(idt_B, real_B)
+                                                          + self.lambda_A * l1(idt_A, real_A))
             loss_G = loss_G_GAN + loss_G_cycle + loss_G_identity
         self._optimise(self.opt_G, loss_G)
 

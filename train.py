@@ -109,9 +109,16 @@ def _add_schedule_and_loss_options(p):
     p.add_argument("--batch_size", type=int, default=1,
                    help="images per domain per step (default: 1, as in the paper)")
     p.add_argument("--lr", type=float, default=2e-4,
-                   help="Adam learning rate, betas 0.5/0.999 (default: 2e-4)")
+                   help="Adam learning rate (default: 2e-4)")
+    p.add_argument("--beta1", type=float, default=0.5,
+                   help="Adam's first beta, as the authors' option; the second is 0.999 "
+                   "(default: 0.5)")
     p.add_argument("--lambda_cycle", type=float, default=10.0,
                    help="weight of the cycle-consistency loss (default: 10)")
+    p.add_argument("--lambda_A", type=float, help="the authors' weight of the A->B->A cycle (and "
+                   "of the identity loss on A) alone (default: --lambda_cycle)")
+    p.add_argument("--lambda_B", type=float, help="the authors' weight of the B->A->B cycle (and "
+                   "of the identity loss on B) alone (default: --lambda_cycle)")
     p.add_argument("--lambda_identity", type=float, default=0.5,
                    help="weight of the identity loss, relative to --lambda_cycle; 0 turns it off "
                    "(default: 0.5)")
@@ -283,8 +290,8 @@ def check_args(args):
             raise UserError(message)
     require(args, 1, "batch_size", "ngf", "ndf", "n_blocks", "log_every", "sample_every",
             "save_every")
-    require(args, 0, "lambda_cycle", "lambda_identity", "pool_size", "workers", "eval_every",
-            "save_epoch_freq")
+    require(args, 0, "lambda_cycle", "lambda_A", "lambda_B", "lambda_identity", "pool_size",
+            "workers", "eval_every", "save_epoch_freq")
     require(args, 1, "epoch_count", "max_dataset_size")
 
 
@@ -577,7 +584,8 @@ def training_images(args, checkpoint, launch):
 
 def build_model(args, launch):
     model = CycleGAN(device=launch.device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks,
-                     lr=args.lr, lambda_cycle=args.lambda_cycle,
+                     lr=args.lr, beta1=args.beta1, lambda_cycle=args.lambda_cycle,
+                     lambda_A=args.lambda_A, lambda_B=args.lambda_B,
                      lambda_identity=args.lambda_identity, pool_size=args.pool_size,
                      seed=args.seed, amp=use_amp(args.amp, launch.device),
                      channels_last=args.channels_last, rank=launch.rank)

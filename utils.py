@@ -67,12 +67,9 @@ AUTHORS_FLAGS = {
     "--display_env": "the visdom environment is the output folder's name",
     "--display_freq": "--sample_every N (iterations)", "--print_freq": "--log_every N (iterations)",
     "--save_latest_freq": "--save_every N (iterations)",
-    "--lambda_A": "--lambda_cycle weighs both cycle losses; separate weights are " + _NOT_HERE_YET,
-    "--lambda_B": "--lambda_cycle weighs both cycle losses; separate weights are " + _NOT_HERE_YET,
     "--results_dir": "--results DIR",
     "--gan_mode": "LSGAN, their CycleGAN default; the others are " + _NOT_HERE_YET,
     "--lr_policy": "linear decay, their default; the others are " + _NOT_HERE_YET,
-    "--beta1": "Adam's beta1 is 0.5, their default; others are " + _NOT_HERE_YET,
     "--eval": "the generators always translate in eval mode",
     "--aspect_ratio": "images keep their own size",
 }

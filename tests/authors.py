@@ -55,7 +55,8 @@ class AuthorsPool:
 
 
 class AuthorsCycleGAN:
-    def __init__(self, ours, lambda_A=10.0, lambda_B=10.0, lambda_idt=0.5, pool_size=2, seed=0):
+    def __init__(self, ours, lambda_A=10.0, lambda_B=10.0, lambda_idt=0.5, pool_size=2, seed=0,
+                 beta1=0.5):
         self.netG_A, self.netG_B = copy.deepcopy(ours.G_A2B), copy.deepcopy(ours.G_B2A)
         self.netD_A, self.netD_B = copy.deepcopy(ours.D_B), copy.deepcopy(ours.D_A)
         for net in (self.netG_A, self.netG_B, self.netD_A, self.netD_B):
@@ -70,10 +71,10 @@ class AuthorsCycleGAN:
                                                                      nn.L1Loss(), nn.L1Loss())
         self.optimizer_G = torch.optim.Adam(itertools.chain(self.netG_A.parameters(),
                                                             self.netG_B.parameters()),
-                                            lr=2e-4, betas=(0.5, 0.999))
+                                            lr=2e-4, betas=(beta1, 0.999))
         self.optimizer_D = torch.optim.Adam(itertools.chain(self.netD_A.parameters(),
                                                             self.netD_B.parameters()),
-                                            lr=2e-4, betas=(0.5, 0.999))
+                                            lr=2e-4, betas=(beta1, 0.999))
 
     def set_requires_grad(self, nets, requires_grad):
         for net in nets:

@@ -243,7 +243,7 @@ def test_resume_without_a_checkpoint_is_a_user_error(dataset, tmp_path):
     (["--no_such_flag"], ["unrecognized arguments"]),
     (["--n_epoch", "3"], ["unrecognized arguments: --n_epoch"]),  # no abbreviations
     (["--gpu_ids", "0"], ["--gpu_ids is an option of the authors' code", "--device"]),
-    (["--lambda_A=10"], ["--lambda_A is an option of the authors' code", "--lambda_cycle"]),
+    (["--norm=batch"], ["--norm is an option of the authors' code", "instance"]),
 ])
 def test_bad_options_give_one_line_and_exit_status_2(dataset, tmp_path, flags, words):
     assert_user_error(train(dataset, str(tmp_path / "run"), *flags), *words)

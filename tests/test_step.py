@@ -83,10 +83,16 @@ def biases_cancelled_by_instance_norm(net):
             if isinstance(norm, nn.InstanceNorm2d) and getattr(conv, "bias", None) is not None}
 
 
-@pytest.mark.parametrize("lambda_identity", [0.5, 0.0])
-def test_three_steps_match_the_authors_algorithm_to_float32_rounding(lambda_identity):
-    ours = CycleGAN(**SMALL, pool_size=2, seed=3, lambda_identity=lambda_identity)
-    theirs = AuthorsCycleGAN(ours, pool_size=2, seed=3, lambda_idt=lambda_identity)
+@pytest.mark.parametrize("lambda_identity, lambda_A, lambda_B, beta1", [
+    (0.5, 10.0, 10.0, 0.5), (0.0, 10.0, 10.0, 0.5),
+    (0.5, 10.0, 4.0, 0.9),  # the authors' --lambda_A, --lambda_B and --beta1
+])
+def test_three_steps_match_the_authors_algorithm_to_float32_rounding(lambda_identity, lambda_A,
+                                                                    lambda_B, beta1):
+    ours = CycleGAN(**SMALL, pool_size=2, seed=3, lambda_identity=lambda_identity,
+                    lambda_A=lambda_A, lambda_B=lambda_B, beta1=beta1)
+    theirs = AuthorsCycleGAN(ours, pool_size=2, seed=3, lambda_idt=lambda_identity,
+                             lambda_A=lambda_A, lambda_B=lambda_B, beta1=beta1)
     batches = torch.Generator().manual_seed(0)
     for _ in range(3):  # the buffer fills in steps 1-2; step 3 swaps or passes at random
         real_A = torch.rand(1, 3, 32, 32, generator=batches) * 2 - 1
