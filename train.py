@@ -32,12 +32,13 @@ from dashboard import Dashboard, ensure_server
 from datasets import (CROPPING, PREPROCESS, EpochSampler, UnalignedDataset, domain_dir,
                       fetch_dataset, list_images)
 from fid import inception_network
-from utils import (AUTHORS_NAMES, VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals,
+from utils import (VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals,
                    UserError, add_amp_argument, add_device_argument, add_workers_argument,
                    atomic_save, atomic_write_text, cpu_bf16, default_load_size, default_output,
                    describe, fail, ignore_stop_signals, linear_decay, load_weights, native_bf16,
                    on_cpu, pick_device, precision_name, report_skipped, require, run_sibling,
                    save_visuals, set_fp32_precision, use_amp, visuals_grid)
+from weights import existing, network_files
 
 ARCHITECTURE = ("ngf", "ndf", "n_blocks")
 # A checkpoint holds these, and where the epoch under way stands: "pairs" ("position" in
@@ -370,16 +371,16 @@ def save_snapshot(model, args, epochs_done):
 
 def continue_from(model, args):
     """--continue_train: the four networks from --output, train.py's files or the authors'
-    (AUTHORS_NAMES maps the discriminators' names); returns the Position at --epoch_count."""
-    for ours, theirs in AUTHORS_NAMES.items():
-        names = ([f"net{ours}.pth"] if args.epoch == "latest" else []) + [
-            f"{args.epoch}_net_{theirs}.pth"]
-        paths = [os.path.join(args.output, name) for name in names]
-        path = next((p for p in paths if os.path.isfile(p)), None)
+    (weights.network_files knows both names); returns the Position at --epoch_count."""
+    epoch = None if args.epoch == "latest" else args.epoch
+    for name, net in model.networks().items():
+        paths = network_files(args.output, name, epoch)
+        path = existing(paths)
         if path is None:
-            raise UserError(f"--continue_train: {args.output} has no {' or '.join(names)}")
+            names = " or ".join(os.path.basename(p) for p in paths)
+            raise UserError(f"--continue_train: {args.output} has no {names}")
         try:
-            model.networks()[ours].load_state_dict(load_weights(path))
+            net.load_state_dict(load_weights(path))
         except Exception as e:
             raise UserError(f"--continue_train: {path} does not fit this run's networks "
                             f"({describe(e)}); give the --ngf, --ndf and --n_blocks it was "

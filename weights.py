@@ -88,19 +88,23 @@ def generator_states(weights, directions, epoch=None):
     return {directions[0]: (weights, state)}
 
 
-def folder_candidates(folder, direction, epoch=None):
-    """Where a training output folder keeps the generator of `direction`: train.py's
+def network_files(folder, name, epoch=None):
+    """Where a training output folder keeps network `name` (G_A2B, D_A, ...): train.py's
     netG_A2B.pth (EPOCH_netG_A2B.pth for a snapshot), then the authors' latest_net_G_A.pth
-    (EPOCH_net_G_A.pth)."""
-    generator = DIRECTIONS[direction].generator
-    ours, theirs = f"net{generator}.pth", f"net_{AUTHORS_NAMES[generator]}.pth"
+    (EPOCH_net_G_A.pth), under their name for it (AUTHORS_NAMES)."""
+    ours, theirs = f"net{name}.pth", f"net_{AUTHORS_NAMES[name]}.pth"
     return [os.path.join(folder, ours if epoch is None else f"{epoch}_{ours}"),
             os.path.join(folder, f"{epoch or 'latest'}_{theirs}")]
 
 
+def existing(paths):
+    """The first of `paths` that is a file, or None."""
+    return next((path for path in paths if os.path.isfile(path)), None)
+
+
 def generator_file(folder, direction, epoch=None):
-    candidates = folder_candidates(folder, direction, epoch)
-    found = next((path for path in candidates if os.path.isfile(path)), None)
+    candidates = network_files(folder, DIRECTIONS[direction].generator, epoch)
+    found = existing(candidates)
     if found is None:
         names = " or ".join(os.path.basename(path) for path in candidates)
         raise UserError(f"{folder}: has no {names}; --weights takes a folder written by "
@@ -112,8 +116,8 @@ def generator_file(folder, direction, epoch=None):
 def holds_both(weights, epoch=None):
     """Whether `weights` has G_A2B and G_B2A: a full training output folder or a checkpoint."""
     if os.path.isdir(weights):
-        return all(any(map(os.path.isfile, folder_candidates(weights, d, epoch)))
-                   for d in DIRECTIONS)
+        return all(existing(network_files(weights, d.generator, epoch))
+                   for d in DIRECTIONS.values())
     state = _read(weights)
     return isinstance(state, dict) and "model" in state
 
