@@ -21,10 +21,10 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cyclegan import MIN_SIZE, CycleGAN
+from cyclegan import CycleGAN
 from datasets import (EpochSampler, UnalignedDataset, domain_dir, from_pixels, list_images,
                       to_pixels)
-from models import translate
+from models import crop_problem, translate
 from utils import (ArgumentParser, UserError, add_amp_argument, add_device_argument,
                    default_load_size, fail, pick_device, require, set_fp32_precision, synchronize,
                    use_amp)
@@ -63,8 +63,9 @@ def build_parser():
 
 def check_args(args):
     """The checks shared with tests/authors.py."""
-    if args.size < MIN_SIZE or args.size % 4:
-        raise UserError(f"--size {args.size}: must be a multiple of 4 and at least {MIN_SIZE}")
+    problem = crop_problem(args.size)
+    if problem:
+        raise UserError(f"--size {args.size}: {problem}")
     require(args, 1, "batch_size", "iters")
     require(args, 0, "warmup")
 

@@ -7,12 +7,15 @@ losses and one optimisation step, usable without train.py's command line.
 
 G_A2B translates domain A to B and G_B2A back; D_A judges domain-A images, D_B domain-B
 ones. The generators minimise, in this order (section 3 and 5.2 of the paper):
-  loss_G_GAN      LSGAN: D_B(G_A2B(a)) and D_A(G_B2A(b)) against 1
+  loss_G_GAN      D_B(G_A2B(a)) and D_A(G_B2A(b)) against 1 (LSGAN, or --gan_mode's loss)
   loss_G_cycle    lambda_A * |G_B2A(G_A2B(a)) - a| + lambda_B * |G_A2B(G_B2A(b)) - b|
   loss_G_identity lambda_identity * (lambda_B * |G_A2B(b) - b| + lambda_A * |G_B2A(a) - a|)
 (lambda_A and lambda_B are both lambda_cycle unless given, as the authors name them)
-then the discriminators minimise loss_D, LSGAN on real images against 1 and on generated ones,
+then the discriminators minimise loss_D, on real images against 1 and on generated ones,
 drawn from a replay buffer of pool_size images, against 0, halved.
+
+The networks are the paper's unless `networks` names others, as the authors' options do
+(models.cyclegan_networks).
 """
 import typing
 
@@ -20,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from models import Discriminator, Generator
+from models import cyclegan_networks
 from utils import ImagePool, amp_dtype
 
 
@@ -39,14 +42,23 @@ class Losses(typing.NamedTuple):
 
 
 LOSS_NAMES = Losses._fields
-# Smaller training crops leave the discriminator's later layers a single pixel to normalise.
-MIN_SIZE = 24
+GAN_MODES = ("lsgan", "vanilla", "wgangp")
 
 
-def lsgan(prediction, is_real):
-    """Least-squares GAN loss against a target of 1 (real) or 0 (fake) for every patch."""
+def gan_loss(prediction, is_real, mode="lsgan"):
+    """The authors' GAN objectives for a map of patch scores, each against a target of 1
+    (real) or 0 (fake): least squares (LSGAN, the paper's), cross-entropy on logits
+    (vanilla), or the Wasserstein critic's mean, negated for real (wgangp; their CycleGAN
+    adds no gradient penalty to it, nor does this). A multi-scale discriminator's maps give
+    the mean of their losses."""
+    if isinstance(prediction, list):
+        return sum(gan_loss(p, is_real, mode) for p in prediction) / len(prediction)
     prediction = prediction.float()
+    if mode == "wgangp":
+        return -prediction.mean() if is_real else prediction.mean()
     target = torch.ones_like(prediction) if is_real else torch.zeros_like(prediction)
+    if mode == "vanilla":
+        return nn.functional.binary_cross_entropy_with_logits(prediction, target)
     return nn.functional.mse_loss(prediction, target)
 
 
@@ -54,15 +66,20 @@ def l1(x, y):
     return nn.functional.l1_loss(x.float(), y.float())
 
 
-def batched(net, *inputs):
+def batched(net, *inputs, together=True):
     """net applied to each input, in one call on their concatenation. InstanceNorm normalises
     each image on its own, so this gives the outputs and gradients of separate calls (to
     float rounding) with fewer, larger kernels. Inputs of different sizes (train.py
-    --preprocess none or scale_width) go through one call each."""
-    if len({x.shape[1:] for x in inputs}) > 1:
+    --preprocess none or scale_width) go through one call each, as all do without
+    `together` (batch norm's statistics would mix the inputs). A multi-scale
+    discriminator's list of maps is split map by map."""
+    if not together or len({x.shape[1:] for x in inputs}) > 1:
         return tuple(net(x) for x in inputs)
     outputs = net(torch.cat(inputs)) if len(inputs) > 1 else net(inputs[0])
-    return outputs.split([len(x) for x in inputs])
+    sizes = [len(x) for x in inputs]
+    if isinstance(outputs, list):
+        return tuple(map(list, zip(*(o.split(sizes) for o in outputs))))
+    return outputs.split(sizes)
 
 
 def adam(nets, lr, beta1=0.5):
@@ -88,21 +105,24 @@ class CycleGAN:
     """The two generators (G_A2B, G_B2A), the two discriminators (D_A judges domain-A images,
     D_B domain-B images), their two Adam optimisers and the two replay buffers."""
 
-    def __init__(self, *, device="cpu", ngf=64, ndf=64, n_blocks=9, lr=2e-4, beta1=0.5,
-                 lambda_cycle=10.0, lambda_A=None, lambda_B=None, lambda_identity=0.5,
-                 pool_size=50, seed=0, amp=False, channels_last=False, rank=0):
+    def __init__(self, *, device="cpu", ngf=64, ndf=64, n_blocks=9, networks=None,
+                 gan_mode="lsgan", lr=2e-4, beta1=0.5, lambda_cycle=10.0, lambda_A=None,
+                 lambda_B=None, lambda_identity=0.5, pool_size=50, seed=0, amp=False,
+                 channels_last=False, rank=0):
         self.device = torch.device(device)
         self.lambda_A = lambda_cycle if lambda_A is None else lambda_A
         self.lambda_B = lambda_cycle if lambda_B is None else lambda_B
-        self.lambda_identity = lambda_identity
+        self.lambda_identity, self.gan_mode = lambda_identity, gan_mode
         self.amp_dtype = amp_dtype(self.device) if amp else None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # `networks`: models.cyclegan_networks' options beyond ngf and ndf (netG, norm, ...)
+        networks = {"netG": f"resnet_{n_blocks}blocks", **(networks or {})}
+        # Batch norm's statistics would mix inputs given to a network together.
+        self.together = networks.get("norm") != "batch"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.G_A2B = Generator(ngf=ngf, n_blocks=n_blocks)
-            self.G_B2A = Generator(ngf=ngf, n_blocks=n_blocks)
-            self.D_A = Discriminator(ndf=ndf)
-            self.D_B = Discriminator(ndf=ndf)
+            self.G_A2B, self.G_B2A, self.D_A, self.D_B = cyclegan_networks(ngf=ngf, ndf=ndf,
+                                                                           **networks)
         for net in self.networks().values():
             net.to(self.device, memory_format=self.memory_format)
         self.opt_G = adam([self.G_A2B, self.G_B2A], lr, beta1)
@@ -132,7 +152,8 @@ class CycleGAN:
             # The discriminators are frozen here and called unwrapped: their gradient is not
             # wanted, and a DistributedDataParallel wrapper would wait for it.
             _set_requires_grad((self.D_A, self.D_B), False)
-            loss_G_GAN = lsgan(self.D_B(fake_B), True) + lsgan(self.D_A(fake_A), True)
+            loss_G_GAN = (gan_loss(self.D_B(fake_B), True, self.gan_mode)
+                          + gan_loss(self.D_A(fake_A), True, self.gan_mode))
             loss_G_cycle = self.lambda_A * l1(rec_A, real_A) + self.lambda_B * l1(rec_B, real_B)
             loss_G_identity = torch.zeros((), device=self.device)
             if self.lambda_identity > 0:
@@ -157,8 +178,17 @@ class CycleGAN:
         """fake_B, fake_A, the reconstructions rec_A and rec_B, and, with the identity loss,
         idt_B = G_A2B(real_B) and idt_A = G_B2A(real_A) (Taigman et al.: a generator should
         leave an image of its target domain unchanged), else None for both. Passes through
-        the same generator share one call."""
+        the same generator share one call, except under batch norm."""
         G_A2B, G_B2A = self.trained["G_A2B"], self.trained["G_B2A"]
+        if not self.together:
+            # One input per call, in the authors' order: batch norm's running statistics
+            # depend on it.
+            fake_B = G_A2B(real_A)
+            rec_A, fake_A = G_B2A(fake_B), G_B2A(real_B)
+            rec_B = G_A2B(fake_A)
+            identity = self.lambda_identity > 0
+            idt_B, idt_A = (G_A2B(real_B), G_B2A(real_A)) if identity else (None, None)
+            return fake_B, fake_A, rec_A, rec_B, idt_B, idt_A
         if self.lambda_identity > 0:
             fake_B, idt_B = batched(G_A2B, real_A, real_B)
             fake_A, rec_A, idt_A = batched(G_B2A, real_B, fake_B, real_A)
@@ -171,8 +201,10 @@ class CycleGAN:
 
     def _discriminator_loss(self, name, real, fake):
         # Halved so that D learns at half the rate of G, as in the paper.
-        on_real, on_fake = batched(self.trained[name], real, fake.detach())
-        return 0.5 * (lsgan(on_real, True) + lsgan(on_fake, False))
+        on_real, on_fake = batched(self.trained[name], real, fake.detach(),
+                                   together=self.together)
+        return 0.5 * (gan_loss(on_real, True, self.gan_mode)
+                      + gan_loss(on_fake, False, self.gan_mode))
 
     def _optimise(self, optimizer, loss):
         optimizer.zero_grad(set_to_none=True)

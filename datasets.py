@@ -1,6 +1,6 @@
 """Unaligned image folders: finding them (the authors' datasets are downloaded on first use),
-reading any common image file as RGB, and the training samples (an A image, a randomly drawn
-B image, the same augmentation as the paper).
+reading any common image file as RGB or grayscale, the training samples (an A image, a
+randomly drawn B image, the same augmentation as the paper).
 
 A dataset root holds `trainA/ trainB/ testA/ testB/` (the authors' layout) or
 `train/A train/B test/A test/B`.
@@ -158,37 +158,43 @@ def _ends_with(path, marker, slack=16):
         return marker in f.read()
 
 
-def load_rgb(path, min_size=None):
-    """Open any common image as 8-bit RGB with its EXIF orientation applied.
+def load_image(path, min_size=None, channels=3):
+    """Open any common image with its EXIF orientation applied: as 8-bit RGB, or with
+    `channels` 1 as grayscale (the luma of colour images, as the authors' loader gives it).
 
-    Grayscale, palette, RGBA and CMYK convert directly; 16-bit and 32-bit grayscale are
-    scaled down to 8 bits rather than clipped. With `min_size`, a large JPEG is decoded at
-    a reduced scale that still covers min_size x min_size, which is much faster.
+    Palette, RGBA and CMYK convert directly. 16-bit and 32-bit grayscale are scaled to the
+    0-255 range rather than clipped: to 8 bits for RGB, and as 32-bit floats ("F" mode), which
+    keep their precision, for grayscale. With `min_size`, a large JPEG is decoded at a
+    reduced scale that still covers min_size x min_size, which is much faster.
     """
     with Image.open(path) as img:
         if min_size is not None:
-            img.draft("RGB", (min_size, min_size))
+            img.draft("RGB" if channels == 3 else "L", (min_size, min_size))
         img = ImageOps.exif_transpose(img)
         if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-            img = _high_bit_depth_to_l(img)
-        return img.convert("RGB")
+            img = _high_bit_depth(img, keep=channels == 1)
+        return img.convert("RGB" if channels == 3 else "L") if img.mode != "F" else img
 
 
-def _high_bit_depth_to_l(img):
+def _high_bit_depth(img, keep):
     pixels = np.asarray(img, dtype=np.float64)
     if pixels.max() > 255:
         pixels = pixels / 257.0
+    if keep:
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.float32), mode="F")
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
 
 
 def to_tensor(img):
-    """PIL RGB image to a 3xHxW float tensor in [-1, 1]."""
-    return from_pixels(TF.pil_to_tensor(img))
+    """PIL image (RGB, L, or F on the 0-255 scale) to a CxHxW float tensor in [-1, 1]; an F
+    image's bicubic resize may overshoot, which 8-bit images clip."""
+    return from_pixels(TF.pil_to_tensor(img)).clamp_(-1, 1)
 
 
 def from_pixels(pixels):
-    """uint8 pixels, on any device, to floats in [-1, 1]: torchvision's to_tensor and
-    normalize, operation for operation, so that translation sees what training saw."""
+    """Pixels on the 0-255 scale (uint8, or floats from 16-bit grayscale), on any device, to
+    floats in [-1, 1]: torchvision's to_tensor and normalize, operation for operation, so
+    that translation sees what training saw."""
     return pixels.float().div(255).sub(0.5).div(0.5)
 
 
@@ -245,13 +251,14 @@ def _random_crop(img, size, generator):
     return TF.crop(img, top, left, size, size)
 
 
-def load_readable(paths, index, min_size, warned):
-    """paths[index] as RGB; if it has become unreadable since the start-up check, warn once
-    and take the next readable file instead, so that one bad file never ends an epoch."""
+def load_readable(paths, index, min_size, warned, channels=3):
+    """paths[index] as load_image reads it; if it has become unreadable since the start-up
+    check, warn once and take the next readable file instead, so that one bad file never
+    ends an epoch."""
     for k in range(len(paths)):
         path = paths[(index + k) % len(paths)]
         try:
-            return load_rgb(path, min_size)
+            return load_image(path, min_size, channels)
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
             if path not in warned:
                 warned.add(path)
@@ -268,9 +275,10 @@ class UnalignedDataset(torch.utils.data.Dataset):
     same images and crops as an uninterrupted one, whatever the number of workers.
     """
 
-    def __init__(self, paths_A, paths_B, load_size, size, flip=True,
-                 preprocess="resize_and_crop"):
+    def __init__(self, paths_A, paths_B, load_size, size, *, flip=True,
+                 preprocess="resize_and_crop", channels=(3, 3)):
         self.paths_A, self.paths_B = paths_A, paths_B
+        self.channels = dict(zip("AB", channels))  # per domain: 3 (RGB) or 1 (grayscale)
         self.load_size, self.size, self.flip = load_size, size, flip
         self.preprocess = preprocess
         # JPEGs decoded at a reduced scale where the image is resized anyway
@@ -284,11 +292,11 @@ class UnalignedDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         index_A, index_B, seed = key
         generator = torch.Generator().manual_seed(seed)
-        return {"A": self._sample(self.paths_A, index_A, generator),
-                "B": self._sample(self.paths_B, index_B, generator)}
+        return {"A": self._sample(self.paths_A, index_A, generator, self.channels["A"]),
+                "B": self._sample(self.paths_B, index_B, generator, self.channels["B"])}
 
-    def _sample(self, paths, index, generator):
-        img = load_readable(paths, index, self.min_size, self.warned)
+    def _sample(self, paths, index, generator, channels):
+        img = load_readable(paths, index, self.min_size, self.warned, channels)
         return to_tensor(augment(img, self.load_size, self.size, generator, self.flip,
                                  self.preprocess))
 
@@ -334,19 +342,21 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Images at native size for translation: (3xHxW uint8 pixels, index), or (None, index)
-    with a warning for a file that cannot be read. Pixels, not floats: a quarter of the
-    bytes to pass from the workers and to copy to a GPU, which normalises them itself."""
+    """Images at native size for translation: (CxHxW pixels, index), or (None, index) with a
+    warning for a file that cannot be read. RGB as uint8 pixels, not floats: a quarter of the
+    bytes to pass from the workers and to copy to a GPU, which normalises them itself. With
+    `channels` 1, grayscale as floats on the 0-255 scale, which keep 16-bit precision."""
 
-    def __init__(self, paths):
-        self.paths = paths
+    def __init__(self, paths, channels=3):
+        self.paths, self.channels = paths, channels
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
-            return TF.pil_to_tensor(load_rgb(self.paths[i])).contiguous(), i
+            pixels = TF.pil_to_tensor(load_image(self.paths[i], channels=self.channels))
+            return (pixels if self.channels == 3 else pixels.float()).contiguous(), i
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
             print(f"warning: skipping {self.paths[i]}: {describe(e)}", file=sys.stderr)
             return None, i

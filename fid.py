@@ -14,7 +14,7 @@ import torch
 import torchvision
 import torchvision.transforms.functional as TF
 
-from datasets import load_rgb
+from datasets import load_image
 from utils import RunFailure, UserError, describe, same_size_batches
 
 INCEPTION_FILES = ("pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth) or a "
@@ -124,10 +124,10 @@ def torchscript_weights(path):
 @torch.inference_mode()
 def features(model, paths, device, batch_size):
     """(n, dims) features (pool3 for 2048); consecutive images of one size go through together.
-    Images are read as test.py and training read them (datasets.load_rgb: EXIF orientation,
+    Images are read as test.py and training read them (datasets.load_image: EXIF orientation,
     16-bit and palette images), so the picture scored is the one that was translated."""
     out = []
-    images = ((TF.to_tensor(load_rgb(path)), i) for i, path in enumerate(paths))
+    images = ((TF.to_tensor(load_image(path)), i) for i, path in enumerate(paths))
     for batch, _ in same_size_batches(images, batch_size):
         maps = model(batch.to(device))[0]
         # Below pool3 the blocks give feature maps, which pytorch-fid averages to vectors too.

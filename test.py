@@ -308,7 +308,7 @@ def translate_images(direction, names, translator, settings):
     for folder in folders:
         os.makedirs(os.path.join(settings.results, folder), exist_ok=True)
     paths, outputs = list(names), list(names.values())
-    loader = torch.utils.data.DataLoader(ImageFiles(paths), batch_size=None,
+    loader = torch.utils.data.DataLoader(ImageFiles(paths, translator.G.in_ch), batch_size=None,
                                          num_workers=settings.workers)
     pin = settings.device.type == "cuda"
     with png_writer() as writer, tqdm(desc=direction, total=len(paths)) as bar:
@@ -331,7 +331,8 @@ def png_writer():
 
 
 def save_images(image, fake, rec, results, direction, name):
-    """An input and its translation (and reconstruction, unless None), 3xHxW uint8, as PNGs."""
+    """An input and its translation (and reconstruction, unless None), CxHxW pixels, as PNGs:
+    RGB for 3 channels, grayscale for 1."""
     domain = DIRECTIONS[direction].source
     save_png(image, os.path.join(results, f"real_{domain}", f"{name}.png"))
     save_png(fake, os.path.join(results, direction, f"{name}.png"))
@@ -340,13 +341,19 @@ def save_images(image, fake, rec, results, direction, name):
 
 
 def save_png(pixels, path):
-    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path)
+    if pixels.is_floating_point():  # a grayscale input, on the 0-255 scale
+        pixels = pixels.add(0.5).clamp(0, 255).to(torch.uint8)
+    array = pixels.permute(1, 2, 0).numpy()
+    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(path)
 
 
 def translate_video(direction, path, name, translator, settings):
     """Translate one video; returns the file written. The input as the network saw it
     (upright) goes to real_<domain>/, the translation (beside the input with --side_by_side)
     to <direction>/, each as <name>.mp4."""
+    if (translator.G.in_ch, translator.G.out_ch) != (3, 3):
+        raise VideoError(f"videos are RGB, and this generator translates {translator.G.in_ch}-"
+                         f"channel images into {translator.G.out_ch}-channel ones")
     file = f"{name}.mp4"
     real, fake = (os.path.join(settings.results, folder, file)
                   for folder in (f"real_{DIRECTIONS[direction].source}", direction))

@@ -44,22 +44,28 @@ WHOLE_PASS_SHARE = 0.25
 MAX_ELEMENTS = 2**31 - 1
 
 
-def padded_size(h, w):
-    """The size models.translate runs the generator at: a multiple of 4, at least 8."""
-    return max(8, h + -h % 4), max(8, w + -w % 4)
+def padded_size(h, w, multiple=4, smallest=8):
+    """The size models.translate runs the generator at: a multiple of 4, at least 8, for the
+    ResNet (a U-Net's G.multiple and G.smallest are larger)."""
+    return max(smallest, h + -h % multiple), max(smallest, w + -w % multiple)
 
 
 def whole_pass_bytes(G, h, w):
     """Estimated peak memory (bytes) of models.translate on one h x w image, beyond torch's own."""
-    ngf = G.model[1].out_channels
-    return WHOLE_BYTES_PER_PIXEL_PER_NGF * ngf * math.prod(padded_size(h, w))
+    size = padded_size(h, w, G.multiple, G.smallest)
+    return WHOLE_BYTES_PER_PIXEL_PER_NGF * G.ngf * math.prod(size)
 
 
 def largest_activation(G, h, w):
     """Elements of the largest tensor the generator makes of one h x w image (or tile): its
     ngf-channel map at full resolution, reflection-padded for the last convolution."""
-    ngf, pad = G.model[1].out_channels, G.model[0].padding[0]
-    return ngf * math.prod(side + 2 * pad for side in padded_size(h, w))
+    pad = G.model[0].padding[0] if tileable(G) else 0
+    return G.ngf * math.prod(side + 2 * pad for side in padded_size(h, w, G.multiple, G.smallest))
+
+
+def tileable(G):
+    """Whether the tiled pass can run G: the ResNet generator with InstanceNorm."""
+    return isinstance(G, models.Generator) and G.norm == "instance"
 
 
 def whole_batch_size(G, h, w, budget, device):
@@ -133,15 +139,16 @@ def translate_within(G, image, budget_bytes=None, progress=None):
 
     Images run whole, as many together as whole_batch_size allows within the budget (by
     default memory_budget of G's device), a batch split into sub-batches where it must be.
-    An image that does not fit alone runs in tiles, with a tile and a storage place chosen
-    to fit the budget: on the CPU host memory shares the budget with the tiles, and
-    activations that do not fit go to a temporary file. `progress(done, total)`, if given,
+    An image that does not fit alone runs in tiles (whole, one at a time, where G is not
+    tileable), with a tile and a storage place chosen to fit the budget: on the CPU host
+    memory shares the budget with the tiles, and activations that do not fit go to a
+    temporary file. `progress(done, total)`, if given,
     is called as tiles complete.
     """
     device = next(G.parameters()).device
     budget = memory_budget(device) if budget_bytes is None else budget_bytes
     _, _, h, w = image.shape
-    together = whole_batch_size(G, h, w, budget, device)
+    together = whole_batch_size(G, h, w, budget, device) or int(not tileable(G))
     if together:
         output = torch.cat([models.translate(G, part) for part in image.split(together)])
         if progress is not None:

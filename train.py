@@ -27,20 +27,22 @@ import torch
 from torch import distributed as dist
 from tqdm import tqdm
 
-from cyclegan import LOSS_NAMES, MIN_SIZE, CycleGAN
+from cyclegan import GAN_MODES, LOSS_NAMES, CycleGAN
 from dashboard import Dashboard, ensure_server
 from datasets import (CROPPING, PREPROCESS, EpochSampler, UnalignedDataset, domain_dir,
                       fetch_dataset, list_images)
 from fid import inception_network
-from utils import (VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals,
+from models import DISCRIMINATORS, GENERATORS, INIT_TYPES, NORMS, crop_problem
+from utils import (LR_POLICIES, VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals,
                    UserError, add_amp_argument, add_device_argument, add_workers_argument,
                    atomic_save, atomic_write_text, cpu_bf16, default_load_size, default_output,
-                   describe, fail, ignore_stop_signals, linear_decay, load_weights, native_bf16,
+                   describe, fail, ignore_stop_signals, load_weights, lr_factor, native_bf16,
                    on_cpu, pick_device, precision_name, report_skipped, require, run_sibling,
                    save_visuals, set_fp32_precision, use_amp, visuals_grid)
 from weights import existing, network_files
 
-ARCHITECTURE = ("ngf", "ndf", "n_blocks")
+ARCHITECTURE = ("input_nc", "output_nc", "netG", "n_blocks", "ngf", "netD", "ndf", "n_layers_D",
+                "norm")
 # A checkpoint holds these, and where the epoch under way stands: "pairs" ("position" in
 # checkpoints written before December 2026).
 CHECKPOINT_KEYS = {"model", "epoch", "iteration", "seconds", "options", "rng"}
@@ -96,6 +98,11 @@ def _add_data_options(p):
                    "their own sizes, so --batch_size 1 (default: resize_and_crop)")
     p.add_argument("--no_flip", action="store_true", help="no random horizontal flips, for data "
                    "that must not be mirrored (text, traffic on one side, left and right anatomy)")
+    p.add_argument("--input_nc", type=int, choices=(1, 3), default=3,
+                   help="channels of domain A's images, as the authors' option: 1 reads them as "
+                   "grayscale (16-bit ones keep their precision), 3 as RGB (default: 3)")
+    p.add_argument("--output_nc", type=int, choices=(1, 3), default=3,
+                   help="channels of domain B's images, as --input_nc (default: 3)")
 
 
 def _add_schedule_and_loss_options(p):
@@ -126,6 +133,18 @@ def _add_schedule_and_loss_options(p):
     p.add_argument("--pool_size", type=int, default=50,
                    help="generated images kept per domain in the discriminators' replay buffer; "
                    "0 turns it off (default: 50)")
+    p.add_argument("--gan_mode", choices=GAN_MODES, default="lsgan",
+                   help="the GAN objective, as the authors' option: lsgan (least squares, the "
+                   "paper's), vanilla (cross-entropy), wgangp (the Wasserstein critic's score, "
+                   "without a gradient penalty, as in their CycleGAN) (default: lsgan)")
+    p.add_argument("--lr_policy", choices=LR_POLICIES, default="linear",
+                   help="the learning-rate schedule, epoch by epoch, as the authors' option: "
+                   "linear (constant for --n_epochs, then towards zero over --n_epochs_decay), "
+                   "step (x0.1 every --lr_decay_iters epochs), plateau (as their CycleGAN, whose "
+                   "plateau sees no metric: x0.2 after 7 epochs, then every 6), cosine (a "
+                   "half cosine to zero over --n_epochs, rising again after) (default: linear)")
+    p.add_argument("--lr_decay_iters", type=int, default=50,
+                   help="with --lr_policy step: epochs between the steps (default: 50)")
 
 
 def _add_network_and_speed_options(p):
@@ -133,8 +152,29 @@ def _add_network_and_speed_options(p):
                    help="generator filters in the first conv layer (default: 64)")
     p.add_argument("--ndf", type=int, default=64,
                    help="discriminator filters in the first conv layer (default: 64)")
-    p.add_argument("--n_blocks", type=int, default=9,
-                   help="residual blocks in each generator (default: 9)")
+    p.add_argument("--netG", choices=GENERATORS,
+                   help="the generators, as the authors' option: the ResNet with 9 or 6 residual "
+                   "blocks, or a U-Net of 8 or 7 levels, which needs crops of a multiple of 256 "
+                   "or 128 (default: resnet_9blocks)")
+    p.add_argument("--n_blocks", type=int,
+                   help="residual blocks in each ResNet generator; --netG resnet_6blocks is "
+                   "--n_blocks 6 (default: 9)")
+    p.add_argument("--netD", choices=DISCRIMINATORS, default="basic",
+                   help="the discriminators, as the authors' option: basic (the 70x70 PatchGAN), "
+                   "n_layers (a PatchGAN of --n_layers_D layers), pixel (1x1 patches), or "
+                   "multiscale (pix2pixHD's: the PatchGAN at full, 1/2 and 1/4 scale, losses "
+                   "averaged; for coarse outputs) (default: basic)")
+    p.add_argument("--n_layers_D", type=int, default=3,
+                   help="with --netD n_layers or multiscale: the PatchGAN's stride-2 layers; "
+                   "each doubles the patch size (default: 3)")
+    p.add_argument("--norm", choices=NORMS, default="instance",
+                   help="normalisation in all four networks, as the authors' option (default: "
+                   "instance)")
+    p.add_argument("--init_type", choices=INIT_TYPES, default="normal",
+                   help="initial weights, as the authors' option (default: normal)")
+    p.add_argument("--init_gain", type=float, default=0.02,
+                   help="scale of the normal, xavier and orthogonal initial weights (default: "
+                   "0.02)")
     add_device_argument(p)
     add_amp_argument(p)
     p.add_argument("--channels_last", action="store_true",
@@ -228,16 +268,20 @@ def parse_args(argv=None):
     if args.resume:
         checkpoint = read_checkpoint(os.path.join(args.output, "checkpoint.pth"))
         saved = saved_options(checkpoint)
-        parser.set_defaults(**saved)
+        # A ResNet's netG follows --n_blocks, so that --n_blocks alone can be compared.
+        parser.set_defaults(**{k: v for k, v in saved.items()
+                               if not (k == "netG" and v.startswith("resnet"))})
         output = args.output
         args = parser.parse_args(argv)
         args.output = output
+        resolve_generator(args)
         mismatch = [f"--{k} {getattr(args, k)} (checkpoint: {saved[k]})"
-                    for k in ARCHITECTURE if getattr(args, k) != saved[k]]
+                    for k in ARCHITECTURE if k in saved and getattr(args, k) != saved[k]]
         if mismatch:
             raise UserError(f"--resume: {', '.join(mismatch)}; drop these flags to continue "
                             "the run")
     del args.decay_epoch  # given, it was refused above
+    resolve_generator(args)
     if args.load_size is None:
         args.load_size = default_load_size(args.size)
     try:
@@ -261,6 +305,17 @@ def saved_options(checkpoint):
     return saved
 
 
+def resolve_generator(args):
+    """--netG and --n_blocks as one: netG resnet_<n_blocks>blocks for any ResNet, n_blocks
+    None for a U-Net."""
+    if args.netG is None:
+        args.netG = f"resnet_{args.n_blocks or 9}blocks"
+    elif args.n_blocks is not None and args.netG != f"resnet_{args.n_blocks}blocks":
+        raise UserError(f"--netG {args.netG} and --n_blocks {args.n_blocks} disagree; give one")
+    blocks = args.netG.removeprefix("resnet_").removesuffix("blocks")
+    args.n_blocks = int(blocks) if blocks.isdigit() else None
+
+
 def epochs(args):
     """The length of the run: the epochs at the full rate, then those of decay."""
     return args.n_epochs + args.n_epochs_decay
@@ -268,9 +323,17 @@ def epochs(args):
 
 def check_args(args):
     rules = [
-        (args.size >= MIN_SIZE and args.size % 4 == 0,
-         f"--size {args.size}: must be a multiple of 4 and at least {MIN_SIZE} (the "
-         "discriminator needs 24x24)"),
+        (not crop_problem(args.size, args.netG, args.netD, args.n_layers_D),
+         f"--size {args.size}: {crop_problem(args.size, args.netG, args.netD, args.n_layers_D)}"),
+        (args.netG.startswith("resnet") or args.preprocess in CROPPING,
+         f"--netG {args.netG} takes sides of a multiple of {args.netG.split('_')[1]}: use a "
+         "--preprocess that crops"),
+        (args.lambda_identity == 0 or args.input_nc == args.output_nc,
+         f"--input_nc {args.input_nc} --output_nc {args.output_nc}: the identity loss feeds each "
+         "generator images of its output domain, so it needs equal channel counts; add "
+         "--lambda_identity 0"),
+        (args.lr_policy != "cosine" or args.n_epochs >= 1,
+         "--lr_policy cosine: the half cosine spans --n_epochs, which must be at least 1"),
         (args.load_size >= args.size,
          f"--load_size {args.load_size}: must be at least --size {args.size}"),
         (args.batch_size == 1 or args.preprocess in CROPPING,
@@ -289,8 +352,8 @@ def check_args(args):
     for ok, message in rules:
         if not ok:
             raise UserError(message)
-    require(args, 1, "batch_size", "ngf", "ndf", "n_blocks", "log_every", "sample_every",
-            "save_every")
+    require(args, 1, "batch_size", "ngf", "ndf", "n_blocks", "n_layers_D", "lr_decay_iters",
+            "log_every", "sample_every", "save_every")
     require(args, 0, "lambda_cycle", "lambda_A", "lambda_B", "lambda_identity", "pool_size",
             "workers", "eval_every", "save_epoch_freq")
     require(args, 1, "epoch_count", "max_dataset_size")
@@ -383,8 +446,8 @@ def continue_from(model, args):
             net.load_state_dict(load_weights(path))
         except Exception as e:
             raise UserError(f"--continue_train: {path} does not fit this run's networks "
-                            f"({describe(e)}); give the --ngf, --ndf and --n_blocks it was "
-                            "trained with")
+                            f"({describe(e)}); give the network options it was trained with "
+                            "(--netG, --ngf, --input_nc, ...)")
     print(f"continuing from the networks in {args.output} at epoch {args.epoch_count}, with "
           "fresh optimisers")
     return Position(epoch=args.epoch_count - 1)
@@ -584,9 +647,11 @@ def training_images(args, checkpoint, launch):
 
 
 def build_model(args, launch):
-    model = CycleGAN(device=launch.device, ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks,
-                     lr=args.lr, beta1=args.beta1, lambda_cycle=args.lambda_cycle,
-                     lambda_A=args.lambda_A, lambda_B=args.lambda_B,
+    networks = {k: getattr(args, k) for k in ("input_nc", "output_nc", "netG", "netD",
+                                              "n_layers_D", "norm", "init_type", "init_gain")}
+    model = CycleGAN(device=launch.device, ngf=args.ngf, ndf=args.ndf, networks=networks,
+                     gan_mode=args.gan_mode, lr=args.lr, beta1=args.beta1,
+                     lambda_cycle=args.lambda_cycle, lambda_A=args.lambda_A, lambda_B=args.lambda_B,
                      lambda_identity=args.lambda_identity, pool_size=args.pool_size,
                      seed=args.seed, amp=use_amp(args.amp, launch.device),
                      channels_last=args.channels_last, rank=launch.rank)
@@ -602,7 +667,8 @@ def build_model(args, launch):
 
 def build_loader(args, launch, paths_A, paths_B):
     dataset = UnalignedDataset(paths_A, paths_B, args.load_size, args.size,
-                               flip=not args.no_flip, preprocess=args.preprocess)
+                               flip=not args.no_flip, preprocess=args.preprocess,
+                               channels=(args.input_nc, args.output_nc))
     sampler = EpochSampler(len(paths_A), len(paths_B), args.seed, rank=launch.rank,
                            world_size=launch.world_size, serial=args.serial_batches)
     loader = torch.utils.data.DataLoader(
@@ -656,7 +722,8 @@ def train_epoch(run, bar, at, stop):
     """Train on the batches of `bar`, the rest of epoch `at.epoch`; returns the Position at
     its end. On SIGINT/SIGTERM, saves and raises Interrupted."""
     args, launch, model, record = run.args, run.launch, run.model, run.record
-    lr = args.lr * linear_decay(at.epoch, args.n_epochs, args.n_epochs_decay)
+    lr = args.lr * lr_factor(args.lr_policy, at.epoch, args.n_epochs, args.n_epochs_decay,
+                             args.lr_decay_iters)
     model.set_lr(lr)
     for data in bar:
         record.add(model.step(data["A"], data["B"]))

@@ -46,21 +46,12 @@ class RunFailure(Exception):
 
 # Options of the authors' pytorch-CycleGAN-and-pix2pix that these scripts do not take, and what
 # to do here instead (docs/migrating.md has the whole table).
-_NOT_HERE_YET = "not here yet (docs/migrating.md)"
 AUTHORS_FLAGS = {
     "--name": "the run's folder is --output DIR (train.py) or --weights DIR (test.py)",
     "--checkpoints_dir": "the run's folder is --output DIR (train.py) or --weights DIR (test.py)",
     "--gpu_ids": "--device cuda, mps or cpu picks the device; several GPUs run under torchrun",
     "--model": "these scripts train and run CycleGAN only",
-    "--netG": "--n_blocks 9 or 6 is resnet_9blocks or resnet_6blocks; U-Nets are " + _NOT_HERE_YET,
-    "--netD": "the 70x70 PatchGAN (their basic) is the discriminator; others are " + _NOT_HERE_YET,
-    "--n_layers_D": "the 70x70 PatchGAN has 3 layers; other depths are " + _NOT_HERE_YET,
-    "--norm": "instance normalisation, their CycleGAN default; others are " + _NOT_HERE_YET,
-    "--init_type": "weights start from normal(0, 0.02), their default; others are " + _NOT_HERE_YET,
-    "--init_gain": "weights start from normal(0, 0.02), their default; others are " + _NOT_HERE_YET,
     "--no_dropout": "the generators have no dropout, their CycleGAN default: drop the flag",
-    "--input_nc": "images are RGB; other channel counts are " + _NOT_HERE_YET,
-    "--output_nc": "images are RGB; other channel counts are " + _NOT_HERE_YET,
     "--num_threads": "--workers N loads the data",
     "--display_id": "--no_visdom turns the dashboard off",
     "--display_server": "--visdom_server URL", "--display_port": "--visdom_port N",
@@ -68,11 +59,14 @@ AUTHORS_FLAGS = {
     "--display_freq": "--sample_every N (iterations)", "--print_freq": "--log_every N (iterations)",
     "--save_latest_freq": "--save_every N (iterations)",
     "--results_dir": "--results DIR",
-    "--gan_mode": "LSGAN, their CycleGAN default; the others are " + _NOT_HERE_YET,
-    "--lr_policy": "linear decay, their default; the others are " + _NOT_HERE_YET,
     "--eval": "the generators always translate in eval mode",
     "--aspect_ratio": "images keep their own size",
 }
+
+# train.py's options for the networks and their training, which the authors' test.py also
+# takes, and which test.py and evaluate.py read from the weights instead.
+NETWORK_FLAGS = ("--netG", "--netD", "--n_layers_D", "--norm", "--init_type", "--init_gain",
+                 "--input_nc", "--output_nc", "--gan_mode", "--lr_policy", "--n_blocks", "--ndf")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -87,8 +81,12 @@ class ArgumentParser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments:"):
             given = [word.split("=")[0] for word in message.split(":", 1)[1].split()]
             theirs = next((flag for flag in given if flag in AUTHORS_FLAGS), None)
+            network = next((flag for flag in given if flag in NETWORK_FLAGS), None)
             if theirs:
                 message = f"{theirs} is an option of the authors' code: {AUTHORS_FLAGS[theirs]}"
+            elif network:
+                message = (f"{network} is an option of training (train.py): {self.prog} reads "
+                           "the networks from the weights; drop it")
         fail(f"{self.prog}: error: {message}")
 
 
@@ -379,10 +377,23 @@ def _stack(images, pin):
     return torch.stack(images, out=batch)
 
 
-def linear_decay(epoch, n_epochs, n_epochs_decay):
-    """The authors' learning-rate factor for 0-based `epoch`: 1 for the first `n_epochs`
-    epochs, then a straight line that would reach 0 one epoch after the last of the
-    `n_epochs_decay` that follow (the last runs at 1/(n_epochs_decay + 1))."""
+LR_POLICIES = ("linear", "step", "plateau", "cosine")
+
+
+def lr_factor(policy, epoch, n_epochs, n_epochs_decay, lr_decay_iters=50):
+    """The authors' learning-rate factor for 0-based `epoch`, as their schedulers give it
+    after `epoch` steps, one per epoch. linear: 1 for the first `n_epochs` epochs, then a
+    straight line that would reach 0 one epoch after the last of the `n_epochs_decay` that
+    follow (the last runs at 1/(n_epochs_decay + 1)). step: x0.1 every `lr_decay_iters`
+    epochs. plateau: their CycleGAN steps ReduceLROnPlateau (factor 0.2, patience 5) with a
+    metric that is always 0, which never improves after the first epoch: x0.2 after 7
+    epochs, then every 6. cosine: half a cosine from 1 to 0 over `n_epochs`, rising after."""
+    if policy == "step":
+        return 0.1 ** (epoch // lr_decay_iters)
+    if policy == "plateau":
+        return 0.2 ** (max(0, epoch - 1) // 6)
+    if policy == "cosine":
+        return (1 + math.cos(math.pi * epoch / n_epochs)) / 2
     return 1.0 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1)
 
 
@@ -591,8 +602,9 @@ VISUAL_NAMES = ("real_A", "fake_B", "rec_A", "real_B", "fake_A", "rec_B")
 
 def visuals_grid(visuals):
     """The six images as one [0, 1] grid: real_A, fake_B, rec_A over real_B, fake_A, rec_B;
-    A and B images of different sizes (train.py --preprocess none) padded in white."""
-    images = [visuals[k][0].float().cpu() for k in VISUAL_NAMES]
+    A and B images of different sizes (train.py --preprocess none) padded in white, grayscale
+    ones (--input_nc 1 or --output_nc 1) shown in RGB."""
+    images = [visuals[k][0].float().cpu().expand(3, -1, -1) for k in VISUAL_NAMES]
     height, width = (max(image.shape[i] for image in images) for i in (1, 2))
     images = torch.stack([torch.nn.functional.pad(
         image, (0, width - image.shape[2], 0, height - image.shape[1]), value=1.0)

@@ -5,8 +5,9 @@ weights, and a file that does not fit says how.
 """
 import functools
 import os
+import re
 
-from models import Generator
+from models import make_generator
 from utils import AUTHORS_NAMES, DIRECTIONS, RunFailure, UserError, download, load_weights
 
 # The authors' published generators, each translating one way, and the one for the way back.
@@ -135,33 +136,70 @@ def _load(path, mtime_ns):
 
 
 def build_generator(path, state, ngf, n_blocks, device):
-    """A Generator holding `state`; --ngf and --n_blocks default to what the file holds."""
+    """The generator `state` holds (architecture() reads which), holding it; --ngf and
+    --n_blocks, if given, must agree with the file."""
     found = architecture(state)
     if found is None:
-        raise UserError(f"{path}: holds no CycleGAN generator (no model.1.weight)")
-    ngf = found[0] if ngf is None else ngf
-    n_blocks = found[1] if n_blocks is None else n_blocks
-    G = Generator(ngf=ngf, n_blocks=n_blocks)
+        raise UserError(f"{path}: holds no CycleGAN generator (no model.1.weight, nor a U-Net's "
+                        "model.model.0.weight)")
+    wanted = dict(found, ngf=found["ngf"] if ngf is None else ngf)
+    if n_blocks is not None and found["netG"].startswith("resnet"):
+        wanted["netG"] = f"resnet_{n_blocks}blocks"
+    G = make_generator(**wanted)
+    state = without_stale_norm_statistics(state)
     problem = _first_mismatch(G.state_dict(), state)
     layout = other_layout(state)
     if problem and layout:
         raise UserError(f"{path}: holds a generator in another layout ({'; '.join(layout)}); "
                         "test.py reads the authors' layout (residual blocks under "
-                        "model.N.conv_block, InstanceNorm without weights), which train.py writes")
+                        "model.N.conv_block), which train.py writes")
     if problem:
-        raise UserError(f"{path}: does not fit --ngf {ngf} --n_blocks {n_blocks}; it holds a "
-                        f"generator for --ngf {found[0]} --n_blocks {found[1]} ({problem})")
+        raise UserError(f"{path}: does not fit {describe_generator(wanted)}; it holds "
+                        f"{describe_generator(found)} ({problem})")
     G.load_state_dict(state, strict=True)
     return G.to(device).eval()
 
 
+def describe_generator(spec):
+    blocks = spec["netG"].removeprefix("resnet_").removesuffix("blocks")
+    name = f"--n_blocks {blocks}" if blocks.isdigit() else f"--netG {spec['netG']}"
+    return f"a generator of --ngf {spec['ngf']} {name}"
+
+
 def architecture(state):
-    """(ngf, n_blocks) of a generator state_dict in the authors' layout, or None."""
+    """make_generator's arguments for a generator state_dict in the authors' layout (a ResNet
+    or a U-Net, in any channel counts and norm), or None. A U-Net's levels are its 4-D
+    weights, one convolution down and one up each; batch norm leaves 1-D weights, and only
+    instance norm gives the first convolution a bias."""
     try:
-        ngf = state["model.1.weight"].shape[0]
-        return ngf, sum(key.endswith("conv_block.1.weight") for key in state)
-    except (KeyError, TypeError, AttributeError, IndexError):
+        unet = "model.model.0.weight" in state
+        prefix = "model.model." if unet else "model."
+        first = state[prefix + "0.weight" if unet else prefix + "1.weight"]
+        if unet:
+            levels = sum(getattr(t, "ndim", 0) == 4 for t in state.values()) // 2
+            netG, out_ch = f"unet_{2 ** levels}", state["model.model.3.weight"].shape[1]
+        else:
+            blocks = sum(key.endswith("conv_block.1.weight") for key in state)
+            last = max((key for key in state if re.fullmatch(r"model\.\d+\.weight", key)),
+                       key=lambda key: int(key.split(".")[1]))
+            netG, out_ch = f"resnet_{blocks}blocks", state[last].shape[0]
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError):
         return None
+    batch = any(key.endswith("running_var") and key.removesuffix("running_var") + "weight"
+                in state for key in state)
+    biased = (prefix + ("0.bias" if unet else "1.bias")) in state
+    norm = "batch" if batch else "instance" if biased else "none"
+    return {"netG": netG, "in_ch": first.shape[1], "out_ch": out_ch, "ngf": first.shape[0],
+            "norm": norm}
+
+
+def without_stale_norm_statistics(state):
+    """`state` without the running statistics that the authors' releases before 2019 kept for
+    InstanceNorm layers (no affine weight beside them), which their loader drops too."""
+    stale = {key for key in state if key.endswith(("running_mean", "running_var",
+                                                   "num_batches_tracked"))
+             and key.rsplit(".", 1)[0] + ".weight" not in state}
+    return {key: value for key, value in state.items() if key not in stale}
 
 
 def other_layout(state):

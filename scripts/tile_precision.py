@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import models  # noqa: E402
 import tiles  # noqa: E402
-from datasets import load_rgb, to_pixels, to_tensor  # noqa: E402
+from datasets import load_image, to_pixels, to_tensor  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -44,7 +44,7 @@ def generator(path):
 def photo(path, width, height):
     if path is None:
         return torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    return to_tensor(load_rgb(path).resize((width, height)))[None]
+    return to_tensor(load_image(path).resize((width, height)))[None]
 
 
 def both_passes(G, image, tile):

@@ -89,11 +89,11 @@ def test_inputs_sharing_a_stem_keep_their_extension_in_the_output_name():
 
 
 def test_the_schedule_is_the_authors_100_epochs_at_the_full_rate_then_100_of_decay():
-    from utils import linear_decay
+    from utils import lr_factor
     train_py = load_script("train.py")
     args, _ = train_py.parse_args(["--dataroot", "d"])
     assert (args.n_epochs, args.n_epochs_decay, train_py.epochs(args)) == (100, 100, 200)
-    assert ([linear_decay(e, 100, 100) for e in (99, 100, 199)]
+    assert ([lr_factor("linear", e, 100, 100) for e in (99, 100, 199)]
             == pytest.approx([1, 1 - 1 / 101, 1 / 101]))
 
 
@@ -243,11 +243,31 @@ def test_resume_without_a_checkpoint_is_a_user_error(dataset, tmp_path):
     (["--no_such_flag"], ["unrecognized arguments"]),
     (["--n_epoch", "3"], ["unrecognized arguments: --n_epoch"]),  # no abbreviations
     (["--gpu_ids", "0"], ["--gpu_ids is an option of the authors' code", "--device"]),
-    (["--norm=batch"], ["--norm is an option of the authors' code", "instance"]),
+    (["--no_dropout"], ["--no_dropout is an option of the authors' code", "no dropout"]),
+    (["--netG", "resnet_6blocks"], ["--netG resnet_6blocks and --n_blocks 2", "give one"]),
+    (["--netD", "multiscale"], ["--size 32", "at least 96"]),
+    (["--n_layers_D", "0", "--netD", "n_layers"], ["--n_layers_D 0: must be at least 1"]),
+    (["--input_nc", "1"], ["--input_nc 1 --output_nc 3", "--lambda_identity 0"]),
+    (["--input_nc", "2"], ["--input_nc", "invalid choice"]),
+    (["--norm", "group"], ["--norm", "invalid choice"]),
+    (["--lr_policy", "cosine", "--n_epochs", "0"], ["--lr_policy cosine", "--n_epochs"]),
 ])
 def test_bad_options_give_one_line_and_exit_status_2(dataset, tmp_path, flags, words):
     assert_user_error(train(dataset, str(tmp_path / "run"), *flags), *words)
     assert not os.path.exists(tmp_path / "run" / "checkpoint.pth")
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--netG", "unet_256"], ["--size 32", "multiple of 256"]),
+    (["--netG", "unet_128", "--size", "128", "--preprocess", "none"],
+     ["--netG unet_128", "multiple of 128", "crops"]),
+])
+def test_a_u_net_needs_crops_of_its_size(dataset, tmp_path, flags, words):
+    resnet_blocks = TINY.index("--n_blocks")
+    tiny = TINY[:resnet_blocks] + TINY[resnet_blocks + 2:]
+    result = run_script("train.py", "--dataroot", dataset, "--output", tmp_path / "run", *tiny,
+                        *flags)
+    assert_user_error(result, *words)
 
 
 def test_missing_dataroot_is_a_user_error_from_the_real_command_line(tmp_path):

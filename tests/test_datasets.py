@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import write_image
-from datasets import EpochSampler, UnalignedDataset, augment, domain_dir, list_images, load_rgb
+from datasets import EpochSampler, UnalignedDataset, augment, domain_dir, list_images, load_image
 from utils import UserError
 
 
@@ -60,14 +60,14 @@ def test_every_common_extension_counts_in_any_case_and_other_files_do_not(tmp_pa
 def test_images_of_any_mode_load_as_8_bit_rgb(tmp_path, mode):
     path = write_image(str(tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")), size=(20, 10),
                        mode=mode)
-    img = load_rgb(path)
+    img = load_image(path)
     assert img.mode == "RGB" and img.size == (20, 10)
 
 
 def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped(tmp_path):
     ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
     Image.fromarray(ramp).save(tmp_path / "deep.png")
-    pixels = np.asarray(load_rgb(str(tmp_path / "deep.png")))
+    pixels = np.asarray(load_image(str(tmp_path / "deep.png")))
     assert pixels[..., 0].min() == 0 and pixels[..., 0].max() == 255
     assert len(np.unique(pixels[..., 0])) == 64  # a ramp, not a white image
 
@@ -77,17 +77,17 @@ def test_exif_orientation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     img.save(tmp_path / "rotated.jpg", exif=exif)
-    assert load_rgb(str(tmp_path / "rotated.jpg")).size == (10, 30)
+    assert load_image(str(tmp_path / "rotated.jpg")).size == (10, 30)
 
 
 def test_large_jpeg_decoded_at_reduced_scale_still_covers_the_load_size(tmp_path):
     path = write_image(str(tmp_path / "big.jpg"), size=(1200, 900))
-    img = load_rgb(path, min_size=286)
+    img = load_image(path, min_size=286)
     assert 286 <= min(img.size) < 900
 
 
 def test_augment_crops_size_from_a_load_size_resize_and_is_fixed_by_its_seed(tmp_path):
-    img = load_rgb(write_image(str(tmp_path / "x.png"), size=(50, 20)))
+    img = load_image(write_image(str(tmp_path / "x.png"), size=(50, 20)))
     a = augment(img, 36, 32, torch.Generator().manual_seed(1))
     b = augment(img, 36, 32, torch.Generator().manual_seed(1))
     assert a.size == (32, 32)

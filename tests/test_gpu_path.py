@@ -4,6 +4,8 @@ functions patched, or with the host-side machinery alone. Speed, memory and numb
 GPU are scripts/gpu_check.sh's."""
 import time
 
+import types
+
 import pytest
 import torch
 
@@ -46,7 +48,7 @@ def test_pixels_cross_to_the_gpu_and_back_as_uint8_one_copy_each_way(fake_cuda, 
 
 class Recording:
     """A translator that hands each batch back as its translation, recording the batches."""
-    G_back = None
+    G, G_back = types.SimpleNamespace(in_ch=3, out_ch=3), None
 
     def __init__(self):
         self.batches = []

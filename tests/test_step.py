@@ -10,7 +10,7 @@ from torch import nn
 from authors import AuthorsCycleGAN
 from models import Discriminator, Generator
 from cyclegan import CycleGAN
-from utils import ImagePool, linear_decay
+from utils import ImagePool, lr_factor
 
 SMALL = dict(device="cpu", ngf=4, ndf=4, n_blocks=1)
 
@@ -83,6 +83,42 @@ def biases_cancelled_by_instance_norm(net):
             if isinstance(norm, nn.InstanceNorm2d) and getattr(conv, "bias", None) is not None}
 
 
+def scalar(loss):
+    """A loss of theirs as a float: 0 where they skip it."""
+    return loss.item() if torch.is_tensor(loss) else float(loss)
+
+
+def assert_steps_match(ours, theirs, size=32, channels=(3, 3), steps=3, atol=1e-6):
+    """Steps of ours and of the authors' algorithm on the same random batches give the same
+    losses (to float32 rounding), then the same weights (to `atol`; all but the biases
+    cancelled by instance norm), batch-norm statistics and outputs."""
+    batches = torch.Generator().manual_seed(0)
+    for _ in range(steps):  # the buffer fills in steps 1-2; step 3 swaps or passes at random
+        real_A, real_B = (torch.rand(1, c, size, size, generator=batches) * 2 - 1 for c in channels)
+        losses = ours.step(real_A, real_B).floats()
+        theirs.optimize_parameters(real_A, real_B)
+        assert losses["loss_G"] == pytest.approx(theirs.loss_G.item(), rel=1e-5)
+        assert losses["loss_G_GAN"] == pytest.approx(
+            (theirs.loss_G_A + theirs.loss_G_B).item(), rel=1e-5)
+        assert losses["loss_G_cycle"] == pytest.approx(
+            (theirs.loss_cycle_A + theirs.loss_cycle_B).item(), rel=1e-5)
+        assert losses["loss_G_identity"] == pytest.approx(
+            scalar(theirs.loss_idt_A + theirs.loss_idt_B), rel=1e-5)
+        assert losses["loss_D"] == pytest.approx(
+            (theirs.loss_D_A + theirs.loss_D_B).item(), rel=1e-5)
+    pairs = [(ours.G_A2B, theirs.netG_A, channels[0]), (ours.G_B2A, theirs.netG_B, channels[1]),
+             (ours.D_B, theirs.netD_A, channels[1]), (ours.D_A, theirs.netD_B, channels[0])]
+    for mine, authors, c in pairs:
+        cancelled = biases_cancelled_by_instance_norm(mine)
+        for (name, p), q in zip(mine.named_parameters(), authors.parameters()):
+            if name not in cancelled:
+                torch.testing.assert_close(p, q, rtol=1e-5, atol=atol)
+        for b, a in zip(mine.buffers(), authors.buffers()):  # batch norm's statistics
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        probe = torch.rand(1, c, size, size, generator=batches) * 2 - 1
+        torch.testing.assert_close(mine(probe), authors(probe), rtol=1e-5, atol=1e-5 + atol * 10)
+
+
 @pytest.mark.parametrize("lambda_identity, lambda_A, lambda_B, beta1", [
     (0.5, 10.0, 10.0, 0.5), (0.0, 10.0, 10.0, 0.5),
     (0.5, 10.0, 4.0, 0.9),  # the authors' --lambda_A, --lambda_B and --beta1
@@ -93,32 +129,33 @@ def test_three_steps_match_the_authors_algorithm_to_float32_rounding(lambda_iden
                     lambda_A=lambda_A, lambda_B=lambda_B, beta1=beta1)
     theirs = AuthorsCycleGAN(ours, pool_size=2, seed=3, lambda_idt=lambda_identity,
                              lambda_A=lambda_A, lambda_B=lambda_B, beta1=beta1)
-    batches = torch.Generator().manual_seed(0)
-    for _ in range(3):  # the buffer fills in steps 1-2; step 3 swaps or passes at random
-        real_A = torch.rand(1, 3, 32, 32, generator=batches) * 2 - 1
-        real_B = torch.rand(1, 3, 32, 32, generator=batches) * 2 - 1
-        losses = ours.step(real_A, real_B).floats()
-        theirs.optimize_parameters(real_A, real_B)
-        assert losses["loss_G"] == pytest.approx(theirs.loss_G.item(), rel=1e-5)
-        assert losses["loss_G_GAN"] == pytest.approx(
-            (theirs.loss_G_A + theirs.loss_G_B).item(), rel=1e-5)
-        assert losses["loss_G_cycle"] == pytest.approx(
-            (theirs.loss_cycle_A + theirs.loss_cycle_B).item(), rel=1e-5)
-        assert losses["loss_G_identity"] == pytest.approx(
-            (theirs.loss_idt_A + theirs.loss_idt_B).item(), rel=1e-5)
-        assert losses["loss_D"] == pytest.approx(
-            (theirs.loss_D_A + theirs.loss_D_B).item(), rel=1e-5)
-    pairs = [(ours.G_A2B, theirs.netG_A), (ours.G_B2A, theirs.netG_B), (ours.D_B, theirs.netD_A),
-             (ours.D_A, theirs.netD_B)]
-    probe = torch.rand(1, 3, 32, 32, generator=batches) * 2 - 1
-    for mine, authors in pairs:
-        cancelled = biases_cancelled_by_instance_norm(mine)
-        for (name, p), q in zip(mine.named_parameters(), authors.parameters()):
-            if name not in cancelled:
-                torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(mine(probe), authors(probe), rtol=1e-5, atol=1e-5)
+    assert_steps_match(ours, theirs)
     assert not torch.equal(ours.G_A2B.model[1].weight,
                            CycleGAN(**SMALL, seed=3).G_A2B.model[1].weight)
+
+
+@pytest.mark.parametrize("networks, gan_mode, lambda_identity", [
+    ({"norm": "batch"}, "lsgan", 0.5),
+    ({"norm": "none", "init_type": "xavier"}, "vanilla", 0.5),
+    ({"netD": "pixel", "init_type": "kaiming"}, "wgangp", 0.5),
+    ({"netD": "n_layers", "n_layers_D": 2, "init_type": "orthogonal", "init_gain": 0.5}, "lsgan",
+     0.5),
+    ({"netG": "resnet_6blocks", "input_nc": 1, "output_nc": 3}, "lsgan", 0.0),
+    ({"netG": "unet_128", "norm": "batch"}, "vanilla", 0.5),
+], ids=["batch-norm", "no-norm-vanilla", "pixel-wgangp", "n-layers", "1-to-3-channels",
+        "unet-batch-norm"])
+def test_three_steps_with_the_authors_other_networks_and_losses_match_theirs(
+        networks, gan_mode, lambda_identity):
+    ours = CycleGAN(device="cpu", ngf=4, ndf=4, networks=networks, gan_mode=gan_mode,
+                    pool_size=2, seed=3, lambda_identity=lambda_identity)
+    theirs = AuthorsCycleGAN(ours, pool_size=2, seed=3, lambda_idt=lambda_identity,
+                             gan_mode=gan_mode)
+    size = 128 if networks.get("netG") == "unet_128" else 32
+    # Larger initial weights amplify the rounding apart of batched and separate calls: a
+    # near-zero gradient of the other sign is a full Adam step (2e-4) the other way. Two
+    # steps: the second's losses already come from the weights the first made.
+    assert_steps_match(ours, theirs, size, (networks.get("input_nc", 3),
+                                            networks.get("output_nc", 3)), steps=2, atol=1e-3)
 
 
 @pytest.mark.parametrize("network", [Generator(ngf=4, n_blocks=1), Discriminator(ndf=4)],
@@ -206,11 +243,35 @@ def test_pool_state_round_trip_gives_the_same_future_choices():
 @pytest.mark.parametrize("epoch,factor", [(0, 1.0), (99, 1.0), (100, 100 / 101), (150, 50 / 101),
                                           (199, 1 / 101)])
 def test_lr_is_constant_for_n_epochs_then_falls_linearly_over_n_epochs_decay(epoch, factor):
-    assert linear_decay(epoch, n_epochs=100, n_epochs_decay=100) == pytest.approx(factor)
+    assert lr_factor("linear", epoch, n_epochs=100, n_epochs_decay=100) == pytest.approx(factor)
 
 
 def test_lr_stays_constant_without_epochs_of_decay():
-    assert [linear_decay(e, 5, 0) for e in range(5)] == [1.0] * 5
+    assert [lr_factor("linear", e, 5, 0) for e in range(5)] == [1.0] * 5
+
+
+@pytest.mark.parametrize("policy", ["linear", "step", "plateau", "cosine"])
+def test_each_lr_policy_gives_the_rates_of_the_authors_scheduler(policy):
+    n_epochs, n_epochs_decay, lr_decay_iters = 10, 15, 4
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedulers = {  # their networks.get_scheduler, with --epoch_count 1
+        "linear": lambda: torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: 1.0 - max(0, e + 1 - n_epochs) / float(n_epochs_decay + 1)),
+        "step": lambda: torch.optim.lr_scheduler.StepLR(optimizer, lr_decay_iters, gamma=0.1),
+        "plateau": lambda: torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=0.2, threshold=0.01, patience=5),
+        "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, n_epochs, 0)}
+    scheduler, theirs = schedulers[policy](), []
+    for _ in range(n_epochs + n_epochs_decay):
+        theirs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if policy == "plateau":
+            scheduler.step(0)  # their CycleGAN's metric, always 0
+        else:
+            scheduler.step()
+    ours = [lr_factor(policy, e, n_epochs, n_epochs_decay, lr_decay_iters)
+            for e in range(n_epochs + n_epochs_decay)]
+    assert ours == pytest.approx(theirs, abs=1e-12)
 
 
 def test_set_lr_changes_both_optimisers():
