@@ -1,13 +1,13 @@
 """Time CycleGAN training iterations and translations on this machine, on synthetic images.
 
-    python benchmark.py --size 256 --batch_size 1 [--amp on|off] [--channels_last] [--compile]
+    python benchmark.py --size 256 --batch_size 1 [--amp on|off] [--channels_last] [--compile off]
 
 Reports the median and spread of seconds per training iteration and images per second of
 translation after warm-up, the peak memory (GPU memory on CUDA, resident memory on CPU), and
-the achieved TFLOP/s from FLOPs counted by torch for one iteration; with --compile, the
-compile time; with --dataroot, how long one worker takes to decode and augment a training
-pair; with --video, the frames per second of translating that video as test.py does. Prints
-a table and writes JSON (--json).
+the achieved TFLOP/s from FLOPs counted by torch for one iteration; when compiled (as train.py
+compiles a long run under --compile auto), the compile time; with --dataroot, how long one
+worker takes to decode and augment a training pair; with --video, the frames per second of
+translating that video as test.py does. Prints a table and writes JSON (--json).
 """
 import json
 import os
@@ -25,9 +25,10 @@ from cyclegan import CycleGAN
 from datasets import (EpochSampler, UnalignedDataset, domain_dir, from_pixels, list_images,
                       to_pixels)
 from models import crop_problem, translate
-from utils import (ArgumentParser, UserError, add_amp_argument, add_device_argument,
-                   default_load_size, fail, pick_device, require, set_fp32_precision, synchronize,
-                   use_amp)
+from utils import (COMPILE_MIN_ITERATIONS, ArgumentParser, UserError, add_amp_argument,
+                   add_compile_argument, add_device_argument, default_load_size,
+                   eager_where_compiling_fails, fail, pick_device, require, set_fp32_precision,
+                   synchronize, use_amp, use_compile)
 from video import VideoError, VideoReader, check_video, translate_frames
 
 
@@ -41,7 +42,7 @@ def build_parser():
     add_amp_argument(p)
     p.add_argument("--channels_last", action="store_true",
                    help="channels-last memory format, as train.py")
-    p.add_argument("--compile", action="store_true", help="torch.compile the networks, as train.py")
+    add_compile_argument(p)
     p.add_argument("--dataroot",
                    help="also time decoding and augmenting training pairs from this dataset")
     p.add_argument("--video", help="also time translating this video with G_A2B as test.py does "
@@ -143,10 +144,8 @@ def run(args):
             translate(model.G_A2B, real_A.to(device, memory_format=model.memory_format))
 
     flops = {"train": count_flops(train_step), "generator": count_flops(translate_batch)}
-    compile_seconds = None
-    if args.compile:
-        model.compile()
-        compile_seconds = sum(timed(fn, device, 0, 1)[0] for fn in (train_step, translate_batch))
+    mode, note, compile_seconds = compile_as_train_py(model, args, device,
+                                                      (train_step, translate_batch))
     train = summary(timed(train_step, device, args.warmup, args.iters))
     trans = summary(timed(translate_batch, device, args.warmup, args.iters))
     return {
@@ -162,10 +161,21 @@ def run(args):
         "translate_seconds_per_batch": trans,
         "generator_gflop_per_image": flops["generator"] / args.batch_size / 1e9,
         "peak_memory_mib": peak_memory_mib(device),
-        "compile_seconds": compile_seconds,
+        "compile_seconds": compile_seconds, "compile_mode": mode, "compile_note": note,
         "data_seconds_per_pair": time_data(args.dataroot, args.size) if args.dataroot else None,
         "video_frames_per_second": time_video(args.video, model, args) if args.video else None,
     }
+
+
+def compile_as_train_py(model, args, device, fns):
+    """Compile as train.py decides for a run long enough to repay compiling, and time the
+    first call of each of `fns`, which compiles; returns (mode, note, seconds or None)."""
+    mode, note = use_compile(args.compile, device, COMPILE_MIN_ITERATIONS)
+    if not mode:
+        return mode, note, None
+    eager_where_compiling_fails()
+    model.compile(mode)
+    return mode, note, sum(timed(fn, device, 0, 1)[0] for fn in fns)
 
 
 def time_data(dataroot, size, n=100):
@@ -205,7 +215,7 @@ def print_table(r):
     o = r["options"]
     print(f"device {r['device']} ({r['threads']} threads), torch {r['torch']}, size {o['size']}, "
           f"batch {o['batch_size']}, amp {r['amp']}, channels_last {o['channels_last']}, "
-          f"compile {o['compile']}")
+          f"compile {o['compile']} ({r['compile_mode'] or 'eager'})")
     print(f"{'measure':<34}{'median':>10}{'min':>10}{'max':>10}")
     print(f"{'train s/iteration':<34}{t['median']:>10.4f}{t['min']:>10.4f}{t['max']:>10.4f}")
     print(f"{'translate s/batch':<34}{s['median']:>10.4f}{s['min']:>10.4f}{s['max']:>10.4f}")

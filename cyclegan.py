@@ -134,7 +134,7 @@ class CycleGAN:
         self.pool_A = ImagePool(pool_size, seed=2 * seed + 1_000_003 * rank)  # fake A, for D_A
         self.pool_B = ImagePool(pool_size, seed=2 * seed + 1 + 1_000_003 * rank)  # fake B, for D_B
         self.trained = self.networks()  # the networks that get gradients; wrapped by `distribute`
-        self.visuals = {}
+        self.visuals, self.graphs = {}, False
 
     def autocast(self):
         """Mixed precision for the networks when amp is on; the losses are taken in fp32."""
@@ -145,6 +145,11 @@ class CycleGAN:
         """One optimisation step of the generators, then of the discriminators, on a batch
         from each domain. The Losses stay on the device, so that a GPU can run ahead until
         someone reads them."""
+        if self.graphs:
+            # A new step: CUDA graphs may reuse the memory of the last step's outputs. Those
+            # kept across steps are copies (the replay buffers), or read before the next step
+            # (the losses, `visuals`).
+            torch.compiler.cudagraph_mark_step_begin()
         real_A = real_A.to(self.device, non_blocking=True, memory_format=self.memory_format)
         real_B = real_B.to(self.device, non_blocking=True, memory_format=self.memory_format)
         with self.autocast():
@@ -211,11 +216,14 @@ class CycleGAN:
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
 
-    def compile(self):
+    def compile(self, mode="default"):
         """torch.compile the four networks in place (their state_dict keys stay the same).
-        The first iterations then take minutes to compile; see README, Speed."""
+        The first iterations then take minutes to compile; see README, Speed. In mode
+        "reduce-overhead" each network's forward and backward replay as CUDA graphs: one launch
+        instead of hundreds of kernel launches."""
         for net in self.networks().values():
-            net.compile()
+            net.compile(mode=mode)
+        self.graphs = mode == "reduce-overhead" and self.device.type == "cuda"
 
     def distribute(self):
         """Average gradients over the torchrun processes with DistributedDataParallel (which

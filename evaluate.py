@@ -20,8 +20,9 @@ from PIL import Image
 
 from datasets import domain_dir, list_images
 from fid import features, frechet_distance, inception_network, kernel_inception_distance
-from utils import (DIRECTIONS, ArgumentParser, RunFailure, UserError, add_device_argument, fail,
-                   pick_device, require, run_sibling, set_fp32_precision)
+from utils import (DIRECTIONS, ArgumentParser, RunFailure, UserError, add_amp_argument,
+                   add_device_argument, fail, pick_device, require, run_sibling,
+                   set_fp32_precision)
 
 
 def build_parser():
@@ -50,6 +51,8 @@ def build_parser():
     p.add_argument("--batch_size", type=int, default=25,
                    help="images of one size through Inception at once (default: 25)")
     add_device_argument(p)
+    add_amp_argument(p, training=False, what="with --weights: the translation, as test.py --amp; "
+                     "Inception always runs in fp32")
     p.add_argument("--json", help="where the figures go (default: metrics.json in --weights, or in "
                    "--results)")
     return p
@@ -92,12 +95,12 @@ def evaluate(dataroot, results, model, device, args):
 
 
 def translate(args):
-    """Translate the test images with the generators in --weights, as test.py does, in fp32
-    (test.py's --amp auto would score the same weights differently on a GPU and a CPU)."""
+    """Translate the test images with the generators in --weights, as test.py does, under the
+    same --amp (--amp off: true fp32, the same pixels, so the same figures, on any machine)."""
     results = os.path.join(args.weights, f"results_epoch{args.epoch}" if args.epoch else "results")
     epoch = ["--epoch", args.epoch] if args.epoch else []
     status, error = run_sibling("test.py", "--dataroot", args.dataroot, "--weights", args.weights,
-                                "--results", results, "--device", args.device, "--amp", "off",
+                                "--results", results, "--device", args.device, "--amp", args.amp,
                                 *epoch)
     if status:
         raise UserError(error.removeprefix("test.py: error: ") or "test.py failed")

@@ -454,7 +454,7 @@ def main(argv=None):
         make_results_folder(args.results)
     report_skipped([entry for _, skipped in scans.values() for entry in skipped])
     set_fp32_precision("ieee")
-    amp = use_amp(args.amp, device, training=False)
+    amp = use_amp(args.amp, device)
     print(f"device {device} ({precision_name(amp_dtype(device) if amp else None)})")
     settings = Settings(results=args.results, device=device, amp=amp, batch_size=args.batch_size,
                         workers=args.workers, side_by_side=args.side_by_side,

@@ -34,11 +34,12 @@ from datasets import (CROPPING, PREPROCESS, EpochSampler, UnalignedDataset, doma
 from fid import inception_network
 from models import DISCRIMINATORS, GENERATORS, INIT_TYPES, NORMS, crop_problem
 from utils import (LR_POLICIES, VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals,
-                   UserError, add_amp_argument, add_device_argument, add_workers_argument,
-                   atomic_save, atomic_write_text, cpu_bf16, default_load_size, default_output,
-                   describe, fail, ignore_stop_signals, load_weights, lr_factor, native_bf16,
-                   on_cpu, pick_device, precision_name, report_skipped, require, run_sibling,
-                   save_visuals, set_fp32_precision, use_amp, visuals_grid)
+                   UserError, add_amp_argument, add_compile_argument, add_device_argument,
+                   add_workers_argument, atomic_save, atomic_write_text, cpu_bf16,
+                   default_load_size, default_output, describe, eager_where_compiling_fails,
+                   fail, ignore_stop_signals, load_weights, lr_factor, native_bf16, on_cpu,
+                   pick_device, precision_name, report_skipped, require, run_sibling,
+                   save_visuals, set_fp32_precision, use_amp, use_compile, visuals_grid)
 from weights import existing, network_files
 
 ARCHITECTURE = ("input_nc", "output_nc", "netG", "n_blocks", "ngf", "netD", "ndf", "n_layers_D",
@@ -52,6 +53,8 @@ READ_EVERY = 10
 LOSS_FIELDS = ("iteration", "epoch", *LOSS_NAMES, "lr", "seconds")
 METRIC_FIELDS = ("iteration", "epoch", "mean_fid", "fid_A2B", "kid_A2B", "kid_std_A2B", "fid_B2A",
                  "kid_B2A", "kid_std_B2A")
+# Waiting for data for less of the time than this is not worth the progress bar's room.
+DATA_SHARE_SHOWN = 0.1
 # The time left but not the time elapsed (losses.csv has it), so that at 80 columns the bar
 # keeps about ten characters beside the counts, the time left, the speed and two losses.
 BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
@@ -183,8 +186,7 @@ def _add_network_and_speed_options(p):
                    "copies again: 460 layout copies per training step of the paper's networks, "
                    "against 22 without, and 28%% slower on a CPU; on a GPU, "
                    "scripts/gpu_check.sh times it")
-    p.add_argument("--compile", action="store_true", help="torch.compile the networks: faster "
-                   "iterations after minutes of compiling at start-up")
+    add_compile_argument(p)
 
 
 def _add_continue_options(p):
@@ -296,12 +298,14 @@ def parse_args(argv=None):
 def saved_options(checkpoint):
     """A checkpoint's options, but those the command line cannot give. Checkpoints written
     before the authors' schedule options counted --n_epochs in all, decaying from
-    --decay_epoch: the same schedule in their terms."""
+    --decay_epoch: the same schedule in their terms; --compile was on or off."""
     once = ("output", "resume", "continue_train", "epoch", "epoch_count")  # how it started
     saved = {k: v for k, v in checkpoint["options"].items() if k not in once}
     start = saved.pop("decay_epoch", None)
     if start is not None:
         saved.update(n_epochs=start, n_epochs_decay=saved["n_epochs"] - start)
+    if isinstance(saved.get("compile"), bool):  # a flag before --compile auto|on|off
+        saved["compile"] = "on" if saved["compile"] else "off"
     return saved
 
 
@@ -511,9 +515,23 @@ class TrainingRecord:
                 history=self.log.rows, loss_names=LOSS_NAMES)
         self.start = time.perf_counter() - at.seconds
         self.total, self.count, self.read_at = None, 0, at.iteration
+        self.session_start = self.share_from = time.perf_counter()
+        self.data_wait = self.total_wait = 0.0
 
     def seconds(self):
         return time.perf_counter() - self.start
+
+    def waited(self, seconds):
+        """Add time spent waiting for the data loader's next batch."""
+        self.data_wait += seconds
+        self.total_wait += seconds
+
+    def data_share(self):
+        """The share of the time since the last call spent waiting for data."""
+        now = time.perf_counter()
+        share = self.data_wait / max(now - self.share_from, 1e-9)
+        self.data_wait, self.share_from = 0.0, now
+        return share
 
     def add(self, losses):
         """Add one step's Losses (tensors on the training device; nothing waits for them)."""
@@ -655,14 +673,24 @@ def build_model(args, launch):
                      lambda_identity=args.lambda_identity, pool_size=args.pool_size,
                      seed=args.seed, amp=use_amp(args.amp, launch.device),
                      channels_last=args.channels_last, rank=launch.rank)
-    if args.compile:
-        # torch's C++ build helper warns about CUDA_HOME on machines without CUDA; harmless here.
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        if launch.writes:
-            print("--compile: the first iterations compile the networks (about a minute or more; "
-                  "cached for later runs)")
-        model.compile()
     return model
+
+
+def compile_if_it_pays(model, args, launch, at, iterations):
+    """torch.compile the networks as --compile decides for the rest of a run of `iterations`
+    per epoch, from `at`; returns how they run, for the start-up line."""
+    done = at.pairs // (args.batch_size * launch.world_size)
+    left = iterations * (epochs(args) - at.epoch) - done
+    mode, note = use_compile(args.compile, launch.device, left)
+    if mode is None:
+        return f"eager{': ' + note if note else ''}"
+    # torch's C++ build helper warns about CUDA_HOME on machines without CUDA; harmless here.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    eager_where_compiling_fails()
+    model.compile(mode)
+    graphs = ", with CUDA graphs" if model.graphs else ""
+    return (f"compiled{graphs}{'; ' + note if note else ''}: the first iterations compile "
+            "(minutes; cached for later runs)")
 
 
 def build_loader(args, launch, paths_A, paths_B):
@@ -689,10 +717,12 @@ def epoch_bar(loader, at, args, launch):
                 disable=not launch.writes)
 
 
-def bar_losses(means):
+def bar_losses(means, data_share):
     """loss_G and loss_D for the progress bar, short enough that the bar, the counts and the
-    time left keep their room at 80 columns; all five losses are in losses.csv."""
-    return f"G={means['loss_G']:.3g} D={means['loss_D']:.3g}" if means else ""
+    time left keep their room at 80 columns (all five losses are in losses.csv), and the share
+    of the time spent waiting for the data loader where it holds training back."""
+    losses = f"G={means['loss_G']:.3g} D={means['loss_D']:.3g}" if means else ""
+    return losses + (f" data {data_share:.0%}" if data_share >= DATA_SHARE_SHOWN else "")
 
 
 def agree_to_stop(stop, launch, read_due):
@@ -725,7 +755,9 @@ def train_epoch(run, bar, at, stop):
     lr = args.lr * lr_factor(args.lr_policy, at.epoch, args.n_epochs, args.n_epochs_decay,
                              args.lr_decay_iters)
     model.set_lr(lr)
+    fetched = time.perf_counter()
     for data in bar:
+        record.waited(time.perf_counter() - fetched)
         record.add(model.step(data["A"], data["B"]))
         at = at.after_step(args.batch_size * launch.world_size)
         log_due = at.iteration % args.log_every == 0
@@ -734,7 +766,7 @@ def train_epoch(run, bar, at, stop):
         stopping = agree_to_stop(stop, launch, read_due)
         if read_due or stopping:
             means = record.read(at)
-            bar.set_postfix_str(bar_losses(means), refresh=False)
+            bar.set_postfix_str(bar_losses(means, record.data_share()), refresh=False)
             if log_due:
                 record.flush(at, lr, means)
         if at.iteration % args.sample_every == 0:
@@ -744,6 +776,7 @@ def train_epoch(run, bar, at, stop):
             save_run(model, args, launch, at)
         if stopping:
             raise interrupted(run, stop, bar, at)
+        fetched = time.perf_counter()
     record.read(at)  # the finiteness check, before the epoch-end checkpoint
     return at
 
@@ -788,10 +821,21 @@ def auto_bf16_note(args, device, amp_dtype):
     """Why --amp auto trains in bf16 on this CPU, for the start-up line."""
     if args.amp != "auto" or device.type != "cpu" or amp_dtype is None:
         return ""
-    return f", as --amp auto chooses on CPUs with {cpu_bf16()}; --amp off for fp32"
+    return f", as --amp auto chooses on CPUs with {cpu_bf16()} (--amp off for fp32)"
 
 
-def start_line(args, launch, model, paths_A, paths_B, iterations):
+def iterations_per_epoch(args, launch, paths_A, paths_B):
+    """Optimisation steps per epoch in each process: the larger domain's images, shared out
+    among the processes, in batches."""
+    per_process = math.ceil(max(len(paths_A), len(paths_B)) / launch.world_size)
+    return math.ceil(per_process / args.batch_size)
+
+
+def start_line(args, launch, model, paths, how):
+    """What the run is: its images, iterations, processes, device, precision and `how` the
+    networks run (compiled or eager, and why)."""
+    paths_A, paths_B = paths
+    iterations = iterations_per_epoch(args, launch, paths_A, paths_B)
     processes = (f", {launch.world_size} process(es) x batch {args.batch_size} = global batch "
                  f"{args.batch_size * launch.world_size}" if launch.torchrun else "")
     precision = precision_name(model.amp_dtype) + auto_bf16_note(args, launch.device,
@@ -799,7 +843,7 @@ def start_line(args, launch, model, paths_A, paths_B, iterations):
     if model.amp_dtype is None and launch.device.type == "cuda" and native_bf16(launch.device):
         precision += ", TF32 convolutions"  # tensor cores for TF32 came with those for bf16
     return (f"{len(paths_A)} A and {len(paths_B)} B images, {iterations} iterations per epoch"
-            f"{processes}, device {launch.device} ({precision}), output {args.output}")
+            f"{processes}, device {launch.device} ({precision}; {how}), output {args.output}")
 
 
 def train(args, checkpoint, launch):
@@ -813,13 +857,14 @@ def train(args, checkpoint, launch):
     model = build_model(args, launch)
     at = (restore(model, checkpoint, launch) if checkpoint
           else continue_from(model, args) if args.continue_train else Position())
+    how = compile_if_it_pays(model, args, launch, at,
+                             iterations_per_epoch(args, launch, paths_A, paths_B))
     if launch.torchrun:
         model.distribute()
     run = Run(args, launch, model, TrainingRecord(args, at, launch))
     sampler, loader = build_loader(args, launch, paths_A, paths_B)
     if launch.writes:
-        iterations = math.ceil(len(sampler) / args.batch_size)
-        print(start_line(args, launch, model, paths_A, paths_B, iterations))
+        print(start_line(args, launch, model, (paths_A, paths_B), how))
     with StopSignals(second_quits=not launch.torchrun) as stop, contextlib.closing(run.record):
         while at.epoch < epochs(args):
             sampler.set_epoch(at.epoch, start=at.pairs)
@@ -835,10 +880,16 @@ def train(args, checkpoint, launch):
                 if launch.world_size > 1:
                     dist.barrier()  # the others wait while rank 0 evaluates
     if launch.writes:
-        same = (f"; the {launch.world_size} processes ended with identical weights"
-                if launch.world_size > 1 else "")
-        print(f"done after {epochs(args)} epoch(s) and {at.iteration} iterations{same}; "
-              f"weights in {args.output}")
+        print(farewell(args, launch, at, run.record))
+
+
+def farewell(args, launch, at, record):
+    same = (f"; the {launch.world_size} processes ended with identical weights"
+            if launch.world_size > 1 else "")
+    waited = record.total_wait / max(time.perf_counter() - record.session_start, 1e-9)
+    return (f"done after {epochs(args)} epoch(s) and {at.iteration} iterations{same}; "
+            f"{waited:.1%} of this session's time went to waiting for data; weights in "
+            f"{args.output}")
 
 
 def report(message, status, launch):

@@ -6,10 +6,12 @@ import argparse
 import collections
 import csv
 import io
+import logging
 import math
 import os
 import platform
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -230,28 +232,29 @@ def is_out_of_memory(error):
         isinstance(error, RuntimeError) and "out of memory" in str(error))
 
 
-def add_amp_argument(parser, training=True):
-    what = ("mixed precision: bf16 autocast where the device supports it, else fp16 (training "
-            "then scales gradients); losses stay fp32. auto (the default) is on where bf16 runs "
-            "natively: CUDA GPUs with bf16 tensor cores, CPUs with AMX or AVX512-BF16; off "
-            "elsewhere (on MPS, on means fp16). Off is fp32, whose convolutions run on TF32 "
-            "tensor cores on those GPUs (10-bit mantissas, far faster)" if training else
-            "the generator in mixed precision: bf16 autocast where the device supports it, else "
-            "fp16. auto (the default) is on for CUDA GPUs with bf16 tensor cores, off elsewhere "
-            "(CPUs translate in fp32; on MPS, on means fp16). Off is true fp32 on GPUs too (no "
-            "TF32), the pixels of the CPU")
+def add_amp_argument(parser, training=True, what=None):
+    what = what or ("mixed precision: bf16 autocast where the device supports it, else fp16 "
+                    "(training then scales gradients); losses stay fp32" if training else
+                    "the generator in mixed precision: bf16 autocast where the device supports "
+                    "it, else fp16")
     parser.add_argument("--amp", nargs="?", const="on", default="auto",
                         choices=("auto", "on", "off"),
-                        help=f"{what}; --amp alone means on (see docs/benchmarks.md)")
+                        help=f"{what}. auto (the default) is on where bf16 runs natively: CUDA "
+                        "GPUs with bf16 tensor cores, CPUs with AMX or AVX512-BF16; off elsewhere "
+                        "(on MPS, on means fp16). Off is fp32, " + (
+                            "whose convolutions run on TF32 tensor cores on those GPUs (10-bit "
+                            "mantissas, far faster)" if training else
+                            "true fp32 on GPUs too (no TF32): the same pixels on every machine")
+                        + "; --amp alone means on (see docs/benchmarks.md)")
 
 
-def use_amp(choice, device, training=True):
+def use_amp(choice, device):
     """Resolve --amp auto|on|off for a device. auto is on where bf16 runs natively: GPUs with
-    bf16 tensor cores and, for training, CPUs with bf16 instructions, where bf16 tracked fp32's
-    losses and ran faster (docs/benchmarks.md); elsewhere bf16 is emulated and several times
-    slower. Translation on a CPU keeps fp32 under auto, as evaluate.py scores it."""
+    bf16 tensor cores and CPUs with bf16 instructions, where bf16 tracked fp32's losses, and
+    translated within a few levels of fp32's pixels, faster (docs/benchmarks.md); elsewhere bf16
+    is emulated and several times slower."""
     if choice == "auto":
-        return native_bf16(device) and (training or device.type == "cuda")
+        return native_bf16(device)
     return choice == "on"
 
 
@@ -274,6 +277,91 @@ def cpu_bf16():
     if capabilities.get("amx_bf16"):
         return "AMX"
     return "AVX512-BF16" if capabilities.get("avx512_bf16") else None
+
+
+def add_compile_argument(parser):
+    parser.add_argument("--compile", nargs="?", const="on", default="auto",
+                        choices=("auto", "on", "off", "graphs"),
+                        help="torch.compile the networks: faster iterations after minutes of "
+                        "compiling at start-up (cached for later runs). auto (the default) "
+                        f"compiles runs of at least {COMPILE_MIN_ITERATIONS} iterations where a "
+                        "compiler works (a C++ compiler; Triton on CUDA); not on MPS. graphs "
+                        "also replays each network's kernels as CUDA graphs (torch.compile's "
+                        "reduce-overhead mode), against the launch overhead of small batches; "
+                        "CUDA only, elsewhere it compiles without them. Where compiling is "
+                        "impossible, training runs eager, saying why; --compile alone means on "
+                        "(see docs/benchmarks.md)")
+
+
+# Compiling cold cost 103-157 s on a 2-core CPU (13 s from a warm cache), and saved 0.04-1.7 s
+# per iteration on the CPUs measured: every configuration there repaid a cold compile within
+# 2,400 iterations (docs/benchmarks.md). Shorter runs (trials, tests) stay eager.
+COMPILE_MIN_ITERATIONS = 5000
+
+
+def compile_problem(device):
+    """Why torch.compile cannot compile for `device` here, or None. Inductor builds CPU kernels
+    with a C++ compiler, and CUDA kernels with Triton, whose launchers need a C compiler."""
+    if device.type == "mps":
+        return "torch.compile's MPS backend is a prototype"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+        if not has_triton():
+            return "Triton is not installed"
+    try:
+        from torch._inductor import cpp_builder
+        cpp_builder.get_cpp_compiler()
+    except Exception as e:  # InvalidCxxCompiler, or anything a broken toolchain raises
+        return f"no working C++ compiler ({describe(e)})"
+    return None
+
+
+def use_compile(choice, device, iterations):
+    """Resolve --compile auto|on|off|graphs for a run of `iterations` more iterations on
+    `device`: (torch.compile's mode, or None for eager; a note on what was not done, or None).
+    auto does not pick graphs: no GPU has timed them against plain compiling yet."""
+    if choice == "off":
+        return None, None
+    problem = compile_problem(device)
+    if problem:
+        return None, problem
+    if choice == "auto" and iterations < COMPILE_MIN_ITERATIONS:
+        return None, (f"{iterations} iterations are too few to repay compiling (--compile auto "
+                      f"compiles from {COMPILE_MIN_ITERATIONS})")
+    if choice == "graphs" and device.type != "cuda":
+        return "default", "CUDA graphs need a CUDA GPU; compiled without them"
+    return ("reduce-overhead" if choice == "graphs" else "default"), None
+
+
+def eager_where_compiling_fails():
+    """Let torch.compile run a network eager where compiling it fails at any later point (a
+    compiler that breaks mid-run, a kernel it cannot build), saying so in one line, once,
+    instead of dynamo's page of traceback."""
+    torch._dynamo.config.suppress_errors = True
+    logger = logging.getLogger("torch._dynamo.convert_frame")
+    if not any(isinstance(f, _CompileFailureLine) for f in logger.filters):
+        logger.addFilter(_CompileFailureLine())
+
+
+class _CompileFailureLine(logging.Filter):
+    """Turns dynamo's "WON'T CONVERT" warnings into one line naming the first error."""
+
+    def __init__(self):
+        super().__init__()
+        self.said = False
+
+    def filter(self, record):
+        message = record.getMessage()
+        if "WON'T CONVERT" not in message:
+            return True
+        if not self.said:
+            self.said = True
+            errors = [line for line in message.splitlines()
+                      if re.match(r"[\w.]+(Error|Exception)\b.*: ", line)]
+            why = re.sub(r"^[\w.]*\.", "", errors[-1]) if errors else "see TORCHDYNAMO_VERBOSE=1"
+            tqdm.write(f"warning: compiling failed, so the networks that could not be compiled "
+                       f"run eager ({why[:200]})", file=sys.stderr)
+        return False
 
 
 def set_fp32_precision(precision):

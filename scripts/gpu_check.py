@@ -15,11 +15,11 @@ folder (test.py over 512 images at batch 16: images/s with loading and PNG writi
 12-megapixel photo whole and tiled: time, peak memory, difference); batches (8 1080p frames in
 sub-batches that fit, against tiles); evaluate (evaluate.py against the CPU); speed
 (benchmark.py for batch 1, 4 and 8 in fp32, bf16, bf16 + channels_last and, at batch 1, bf16 +
-compile; the authors' step; translation at batch 16); video (frames/s at batch 1 and 8). Every
-section runs even when one before it failed; the report is rewritten after each, so that a run
-cut short keeps what it found. A failed check is NO in the report, a section that broke is
-FAIL with its error's last line (the whole traceback in OUT/<section>.log), and the script
-then exits with status 1 naming them.
+compile and bf16 + compile with CUDA graphs; the authors' step; translation at batch 16); video
+(frames/s at batch 1 and 8). Every section runs even when one before it failed; the report is
+rewritten after each, so that a run cut short keeps what it found. A failed check is NO in the
+report, a section that broke is FAIL with its error's last line (the whole traceback in
+OUT/<section>.log), and the script then exits with status 1 naming them.
 """
 import argparse
 import csv
@@ -523,10 +523,13 @@ def speed_row(s, r, options):
 
 
 def section_speed(s, report):
-    configurations = [("--amp", "off"), ("--amp", "on"), ("--amp", "on", "--channels_last")]
+    configurations = [("--amp", "off", "--compile", "off"), ("--amp", "on", "--compile", "off"),
+                      ("--amp", "on", "--channels_last", "--compile", "off")]
     for batch in s.batches:
-        # A cold compile takes a minute or more: at batch 1 only, to fit in ten minutes.
-        compiled = [("--amp", "on", "--compile")] if batch == 1 else []
+        # A cold compile takes a minute or more: at batch 1 only, to fit in ten minutes. CUDA
+        # graphs are meant for batch 1, where launches, not arithmetic, may bound a step.
+        compiled = ([("--amp", "on", "--compile", "on"), ("--amp", "on", "--compile", "graphs")]
+                    if batch == 1 else [])
         for options in configurations + compiled:
             name = f"bench_{batch}_" + "".join(o.strip("-") for o in options)
             report.add("speed", speed_row(s, benchmark(s, name, batch, *options), options))
@@ -538,7 +541,7 @@ def section_speed(s, report):
         report.add("speed", f"| `python tests/authors.py --size {s.size} --batch_size {batch}` "
                    f"(the authors' step, fp32) | {batch} | {found[1]} ({found[2]}-{found[3]}) "
                    "| | | | |")
-    r = benchmark(s, "translate_16", 16, "--amp", "on")
+    r = benchmark(s, "translate_16", 16, "--amp", "on", "--compile", "off")
     report.add("translation", f"| translation at batch 16 (bf16, `benchmark.py --size {s.size} "
                f"--batch_size 16 --amp on`) | {r['translate_images_per_second']:.1f} images/s |")
 
@@ -563,8 +566,8 @@ def make_clip(s):
 
 def section_video(s, report):
     for batch in (1, 8):
-        r = benchmark(s, f"video_{batch}", batch, "--iters", 1, "--amp", "on", "--video",
-                      make_clip(s))
+        r = benchmark(s, f"video_{batch}", batch, "--iters", 1, "--amp", "on", "--compile", "off",
+                      "--video", make_clip(s))
         v = r["video_frames_per_second"]
         report.add("translation", f"| a {s.frames}-frame {s.size}x{s.size} video at batch {batch} "
                    f"(bf16, test.py's pipeline), frames/s, median (min-max) of 3 runs | "

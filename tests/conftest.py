@@ -123,6 +123,16 @@ def assert_user_error(result, *words):
         assert word in lines[0], lines[0]
 
 
+@pytest.fixture(autouse=True)
+def cpu_without_bf16(monkeypatch):
+    """Tests run as on a CPU without bf16 instructions, where --amp auto means fp32 and the
+    pixels are the same on every machine CI lands on (AMX, AVX512-BF16 or neither); tests of
+    bf16 patch the CPU's capabilities again, or pass --amp on."""
+    real = getattr(torch.cpu, "get_capabilities", dict)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {
+        k: v for k, v in real().items() if k not in ("amx_bf16", "avx512_bf16")}, raising=False)
+
+
 @contextlib.contextmanager
 def one_cpu_thread():
     """Run torch single-threaded here and in the processes started meanwhile. Multi-threaded

@@ -475,12 +475,19 @@ def test_the_progress_bar_keeps_its_bar_counts_and_time_left_at_80_columns(epoch
     means = {"loss_G": 19.9081234, "loss_G_GAN": 3.3, "loss_G_cycle": 11.1, "loss_G_identity": 5.5,
              "loss_D": 3.1521}
     line = tqdm.format_meter(700, 1334, elapsed, ncols=80, prefix=f"epoch {epoch + 1}/{n_epochs}",
-                             postfix=train_py.bar_losses(means), bar_format=train_py.BAR_FORMAT)
+                             postfix=train_py.bar_losses(means, 0.02),
+                             bar_format=train_py.BAR_FORMAT)
     assert len(line) <= 80, line
     assert re.search(r"\|[█▏▎▍▌▋▊▉ ]{8,}\|", line), line  # a bar of 8 characters or more
     assert "700/1334" in line and re.search(r"\d+:\d\d left", line), line  # counts and time left
-    assert "G=19.9 D=3.15" in line
+    assert "G=19.9 D=3.15" in line and "data" not in line
 
+
+def test_the_progress_bar_shows_the_time_waiting_for_data_where_it_holds_training_back():
+    bar_losses = load_script("train.py").bar_losses
+    means = {"loss_G": 19.9, "loss_D": 3.15}
+    assert bar_losses(means, 0.123) == "G=19.9 D=3.15 data 12%"
+    assert bar_losses(means, 0.05) == "G=19.9 D=3.15"
 
 
 def test_sample_grids_label_each_image_and_enlarge_small_crops(tmp_path):

@@ -320,16 +320,18 @@ def test_eval_every_with_a_file_that_is_not_inception_weights_is_one_line_before
     assert not (tmp_path / "run" / "checkpoint.pth").exists()
 
 
-def test_evaluate_translates_in_fp32_whatever_the_device(monkeypatch, tmp_path):
+@pytest.mark.parametrize("flags,amp", [([], "auto"), (["--amp", "off"], "off"), (["--amp"], "on")])
+def test_evaluate_translates_under_its_amp_as_test_py(monkeypatch, tmp_path, flags, amp):
     evaluate = load_script("evaluate.py")
     commands = []
     monkeypatch.setattr(evaluate, "run_sibling",
                         lambda *command: commands.append(command) or (0, ""))
     args = evaluate.build_parser().parse_args(["--dataroot", str(tmp_path),
-                                               "--weights", str(tmp_path), "--device", "cuda"])
+                                               "--weights", str(tmp_path), "--device", "cuda",
+                                               *flags])
     evaluate.translate(args)
     script, *options = commands[0]
-    assert script == "test.py" and options[options.index("--amp") + 1] == "off"
+    assert script == "test.py" and options[options.index("--amp") + 1] == amp
 
 
 def test_evaluate_scores_the_picture_test_py_translated_exif_rotation_and_16_bit_included(tmp_path):

@@ -224,7 +224,8 @@ def test_training_on_a_gpu_says_its_fp32_convolutions_are_tf32(monkeypatch):
     train_py = load_script("train.py")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     args, _ = train_py.parse_args(["--dataroot", "d", "--amp", "off"])
-    launch = type("Launch", (), {"device": torch.device("cuda"), "torchrun": False})
+    launch = type("Launch", (), {"device": torch.device("cuda"), "torchrun": False,
+                                 "world_size": 1})
     model = type("Model", (), {"amp_dtype": None})
-    line = train_py.start_line(args, launch, model, ["a"], ["b"], 1)
-    assert "device cuda (fp32, TF32 convolutions)" in line
+    line = train_py.start_line(args, launch, model, (["a"], ["b"]), "compiled")
+    assert "device cuda (fp32, TF32 convolutions; compiled)" in line
