@@ -255,20 +255,39 @@ def count_parameters(net):
     return sum(p.numel() for p in net.parameters())
 
 
+def padded_side(side: int, multiple: int, smallest: int) -> int:
+    """The side a generator runs an image side at: up to a multiple of its downsampling (4 for
+    the ResNet, 2**num_downs for a U-Net), and at least `smallest`, so that the reflection
+    padding at 1/4 resolution has room. torch.sym_max keeps the side symbolic when exported
+    with a dynamic size; TorchScript has its own max."""
+    rounded = side + (-side) % multiple
+    if torch.jit.is_scripting():
+        return max(smallest, rounded)
+    return torch.sym_max(smallest, rounded)
+
+
+class Translation(nn.Module):
+    """Generator G on a [-1, 1] batch of any height and width: padded (edge pixels repeated)
+    to padded_side, translated, cropped back to exactly the input's size. test.py's pass, and
+    the graph export.py writes."""
+
+    def __init__(self, G):
+        super().__init__()
+        self.G, self.multiple, self.smallest = G, G.multiple, G.smallest
+
+    def forward(self, image):
+        h, w = image.shape[-2], image.shape[-1]
+        pad_h = padded_side(h, self.multiple, self.smallest) - h
+        pad_w = padded_side(w, self.multiple, self.smallest) - w
+        padded = nn.functional.pad(image, [0, pad_w, 0, pad_h], mode="replicate")
+        return self.G(padded)[:, :, :h, :w]
+
+
 @torch.inference_mode()
 def translate(G, image):
-    """Run generator G on a [-1, 1] batch of any height and width.
-
-    The input is padded (edge pixels repeated) up to the multiple of G's downsampling (4 for
-    the ResNet, 2**num_downs for a U-Net) and to at least G.smallest, so that the reflection
-    padding at 1/4 resolution has room, then the output is cropped back: the result has
-    exactly the input's size.
-    """
-    h, w = image.shape[-2:]
-    m, least = G.multiple, G.smallest
-    pad_h, pad_w = max(least, h + -h % m) - h, max(least, w + -w % m) - w
-    padded = nn.functional.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
-    return G(padded)[..., :h, :w]
+    """Run generator G on a [-1, 1] batch of any height and width (Translation); the result
+    has exactly the input's size."""
+    return Translation(G)(image)
 
 
 def cyclegan_networks(*, input_nc=3, output_nc=3, ngf=64, ndf=64, netG="resnet_9blocks",
