@@ -18,9 +18,19 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
 from torchvision.transforms import InterpolationMode
 
+from tiles import host_available_memory
 from utils import ArgumentParser, RunFailure, UserError, describe, download, fail
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Pillow refuses images of over 179 MP as decompression bombs, yet phones take 200 MP photos,
+# which test.py translates in tiles. The limit that matters is memory's: check_image refuses an
+# image larger than the host could hold while translating it (a header that claims gigapixels
+# among them), so Pillow's own guard is off.
+Image.MAX_IMAGE_PIXELS = None
+PILLOW_LIMIT = 2 * 89_478_485
+# Host memory test.py needs per pixel of an image translated in tiles, beyond torch's own:
+# measured as peak RSS (docs/benchmarks.md, a 200 MP photo).
+HOST_BYTES_PER_PIXEL = 40
 IMAGES = f"images ({', '.join(IMG_EXTENSIONS)})"
 def layout(split):
     """The folders one split needs, for messages: training reads train*, translation test*."""
@@ -126,10 +136,20 @@ def _why_skipped(skipped, shown=3):
     return f"; skipped {len(skipped)}: {reasons}" + ("; ..." if len(skipped) > shown else "")
 
 
-def check_image(path):
+def pixel_limit(megapixels=None):
+    """The most pixels an image may have: `megapixels` (test.py --max_megapixels), else what
+    three quarters of the available memory holds at HOST_BYTES_PER_PIXEL, and never less than
+    Pillow's own limit."""
+    if megapixels is not None:
+        return int(megapixels * 1e6)
+    return max(PILLOW_LIMIT, host_available_memory() * 3 // 4 // HOST_BYTES_PER_PIXEL)
+
+
+def check_image(path, max_pixels=None):
     """Why `path` cannot be trained on, or None. Reads only the header and the last bytes,
     so that a folder of thousands of photos is checked in seconds; only a JPEG or PNG whose
-    end marker is missing (truncated, or followed by other data) is decoded to make sure."""
+    end marker is missing (truncated, or followed by other data) is decoded to make sure.
+    An image of over `max_pixels` (default: pixel_limit()) is refused before it is decoded."""
     if os.path.isdir(path):
         return "a folder"
     if not path.lower().endswith(IMG_EXTENSIONS):
@@ -138,15 +158,24 @@ def check_image(path):
         if os.path.getsize(path) == 0:
             return "empty file"
         with Image.open(path) as img:
+            too_large = _over_limit(img, max_pixels or pixel_limit())
+            if too_large:
+                return too_large
             end_marker = END_MARKERS.get(img.format)
             if end_marker and not _ends_with(path, end_marker):
                 img.draft("RGB", (64, 64))
                 img.load()
-    except Image.DecompressionBombError as e:
-        return f"too large to decode safely ({e})"
     except (OSError, SyntaxError, ValueError) as e:
         return f"not a readable image ({describe(e)})"
     return None
+
+
+def _over_limit(img, limit):
+    if img.width * img.height <= limit:
+        return None
+    return (f"too large: {img.width}x{img.height} is {img.width * img.height / 1e6:.0f} MP, over "
+            f"the {limit / 1e6:.0f} MP this machine's memory allows (test.py --max_megapixels "
+            "sets the limit)")
 
 
 END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}

@@ -21,8 +21,8 @@ from PIL import Image
 from datasets import domain_dir, list_images
 from fid import features, frechet_distance, inception_network, kernel_inception_distance
 from utils import (DIRECTIONS, ArgumentParser, RunFailure, UserError, add_amp_argument,
-                   add_device_argument, fail, pick_device, require, run_sibling,
-                   set_fp32_precision)
+                   add_device_argument, fail, pick_device, print_any_file_name, require,
+                   run_sibling, set_fp32_precision)
 
 
 def build_parser():
@@ -130,6 +130,7 @@ def print_table(report):
 
 
 def main(argv=None):
+    print_any_file_name()
     args = build_parser().parse_args(argv)
     try:
         require(args, 2, "kid_subset_size")

@@ -18,7 +18,7 @@ import warnings
 import torch
 
 from models import Translation
-from utils import DIRECTIONS, ArgumentParser, UserError, fail
+from utils import DIRECTIONS, ArgumentParser, UserError, fail, print_any_file_name
 from weights import architecture, generator_states, holds_both, load_generators
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -109,6 +109,7 @@ def export(args):
 
 
 def main(argv=None):
+    print_any_file_name()
     args = build_parser().parse_args(argv)
     try:
         export(args)

@@ -1,6 +1,6 @@
 """The results page, index.html: per direction, each input beside its translation and
 reconstruction, with the counts of images and videos, in relative links so that the folder can
-be zipped and shared.
+be zipped and shared; a file name that is not UTF-8 keeps its bytes in the link.
 """
 import html
 import os
@@ -22,7 +22,7 @@ def write_index(results, translated, reconstructed, made_by):
                        for d, files in translated.items())
     parts = ["<!doctype html><meta charset='utf-8'><title>CycleGAN results</title>",
              f"<style>{STYLE}</style>",
-             f"<p>Translated by {html.escape(made_by)}</p>",
+             f"<p>Translated by {html.escape(shown(made_by))}</p>",
              f"<p>{links}</p>"]
     for direction, files in translated.items():
         domain = DIRECTIONS[direction].source
@@ -48,7 +48,13 @@ def _cell(folder, file):
     reconstruction, which is not made."""
     if folder.startswith("rec_") and is_video(file):
         return "<td></td>"
-    src = html.escape(urllib.parse.quote(f"{folder}/{file}"), quote=True)  # a name may hold # or ?
+    # Links quote the name's bytes (it may hold # or ?, or not be UTF-8); captions show it.
+    src = html.escape(urllib.parse.quote(os.fsencode(f"{folder}/{file}")), quote=True)
     media = (f"<video controls preload='metadata' src='{src}'></video>" if is_video(file)
              else f"<img loading='lazy' src='{src}'>")
-    return f"<td>{media}{html.escape(file)}</td>"
+    return f"<td>{media}{html.escape(shown(file))}</td>"
+
+
+def shown(name):
+    """A file name as text: bytes that are not UTF-8 as \\xNN escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")

@@ -13,6 +13,9 @@ import collections
 import contextlib
 import copy
 import dataclasses
+import functools
+import hashlib
+import json
 import os
 import signal
 import sys
@@ -21,13 +24,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from datasets import (IMG_EXTENSIONS, ImageFiles, check_image, domain_dir, fetch_dataset,
-                      from_pixels, list_images, to_pixels)
+from datasets import (HOST_BYTES_PER_PIXEL, IMG_EXTENSIONS, ImageFiles, check_image, domain_dir,
+                      fetch_dataset, from_pixels, list_images, pixel_limit, to_pixels)
 from results_page import write_index
 from tiles import translate_within
 from utils import (DIRECTIONS, ArgumentParser, Behind, RunFailure, UserError, add_amp_argument,
-                   add_device_argument, add_workers_argument, amp_dtype, default_output,
-                   empty_cache, fail, is_out_of_memory, pick_device, precision_name,
+                   add_device_argument, add_workers_argument, amp_dtype, atomic_write,
+                   atomic_write_text, claimed, default_output, empty_cache, fail,
+                   is_out_of_memory, pick_device, precision_name, print_any_file_name,
                    report_skipped, require, same_size_batches, set_fp32_precision, usable_cores,
                    use_amp)
 from video import (VIDEO_EXTENSIONS, VideoError, VideoReader, check_video, is_video,
@@ -56,6 +60,14 @@ def build_parser():
                    "as need a quarter of this or less; one that alone needs more runs in tiles, "
                    "with the same pixels in fp32 (under bf16, as close as bf16 is to fp32) "
                    "(default: 3/4 of the free GPU memory, or of the available RAM on a CPU)")
+    p.add_argument("--max_megapixels", type=float,
+                   help="skip images larger than this; translated in tiles, a 200 MP photo "
+                   f"needs about {HOST_BYTES_PER_PIXEL * 200 // 1000} GB of memory (default: "
+                   "what 3/4 of the available memory holds, at least Pillow's 179)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="translate every input again; by default a rerun into the same --results "
+                   "skips the inputs whose outputs a run with the same weights and precision "
+                   "completed, as after Ctrl-C or a time limit")
     add_amp_argument(p, training=False)
     add_workers_argument(p, "image-loading")
     return p
@@ -96,7 +108,7 @@ def resolve(args):
     folder}. Downloads nothing: --pretrained's file is fetched once the options are known good."""
     require(args, 0, "workers")
     require(args, 1, "ngf", "n_blocks", "batch_size", "num_test")
-    require(args, 0.1, "memory_gb")
+    require(args, 0.1, "memory_gb", "max_megapixels")
     if args.pretrained:
         check_pretrained(args)
     if args.dataroot is not None:
@@ -153,35 +165,28 @@ def _inside(path, folder):
     return os.path.commonpath([path, folder]) == folder
 
 
-def make_results_folder(results):
-    """Made once the inputs and weights are known to be good: a mistake leaves no empty folder."""
-    try:
-        os.makedirs(results, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--results {results}: cannot write there ({e.strerror or e})")
-
-
 INPUTS = f"images or videos ({', '.join(IMG_EXTENSIONS + VIDEO_EXTENSIONS)})"
 
 
-def list_inputs(path):
+def list_inputs(path, max_pixels):
     """The images and videos to translate: `path` itself if it is a file, else the usable
     files directly in the folder; with the skipped (path, reason) pairs."""
+    check = functools.partial(check_input, max_pixels=max_pixels)
     if os.path.isdir(path):
-        return list_images(path, check_input, INPUTS)
-    reason = check_input(path)
+        return list_images(path, check, INPUTS)
+    reason = check(path)
     if reason is not None:
         raise UserError(f"{path}: {reason}")
     return [path], []
 
 
-def check_input(path):
+def check_input(path, max_pixels):
     """Why `path` cannot be translated, or None."""
     if is_video(path):
         return check_video(path)
     if not path.lower().endswith(IMG_EXTENSIONS):
         return "a folder" if os.path.isdir(path) else "not an image or video file"
-    return check_image(path)
+    return check_image(path, max_pixels)
 
 
 def output_names(paths):
@@ -198,6 +203,7 @@ class Settings:
     results: str  # the folder the translations and index.html go to
     device: torch.device
     amp: bool  # autocast, as --amp decided for this device
+    precision: str  # what the generators compute in: float32, or autocast's dtype
     batch_size: int
     workers: int  # image-loading processes
     side_by_side: bool  # videos: input and translation in one frame
@@ -280,20 +286,82 @@ class TileBar:
             self.bar.close()
 
 
-def translate_direction(direction, paths, translator, settings):
-    """Translate the images and videos in `paths`, yielding the name of each file written into
-    results/<direction>. A video that turns out to be unreadable halfway is skipped with a
-    line naming it (an error, when it was the only input)."""
-    names = dict(zip(paths, output_names(paths)))
+def translate_direction(direction, names, translator, settings):
+    """Translate the images and videos `names` maps to their output names, yielding the name
+    of each file written into results/<direction>. A video that turns out to be unreadable
+    halfway is skipped with a line naming it (an error, when it was the only input)."""
     images = {path: name for path, name in names.items() if not is_video(path)}
     yield from translate_images(direction, images, translator, settings)
-    for path in filter(is_video, paths):
+    for path in filter(is_video, names):
         try:
             yield translate_video(direction, path, names[path], translator, settings)
         except VideoError as e:
-            if len(paths) == 1:
+            if len(names) == 1:
                 raise UserError(f"{path}: {e}")
             tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
+
+
+def output_files(results, direction, path, name, reconstructs):
+    """What translating `path` writes: its translation, the input as the network saw it and,
+    for an image, where G_back is there, its reconstruction."""
+    domain = DIRECTIONS[direction].source
+    folders = [direction, f"real_{domain}"]
+    if is_video(path):
+        return [os.path.join(results, folder, f"{name}.mp4") for folder in folders]
+    folders += [f"rec_{domain}"] if reconstructs else []
+    return [os.path.join(results, folder, f"{name}.png") for folder in folders]
+
+
+MADE_WITH = ".translated_with.json"
+
+
+def made_with(G, G_back, settings):
+    """A digest of what decides a direction's pixels: the generators' weights, the precision
+    and, for videos, --side_by_side."""
+    digest = hashlib.sha256(f"{settings.precision} {settings.side_by_side}".encode())
+    for net in filter(None, (G, G_back)):
+        for value in net.state_dict().values():
+            digest.update(value.detach().cpu().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+class Finished:
+    """What a rerun into the same results folder need not translate again: the inputs whose
+    outputs are all there (each written whole, under a temporary name first), made with the
+    same weights and precision (MADE_WITH keeps a digest of them per direction). Where the
+    folder holds outputs made otherwise, every input is translated again, and the digest is
+    recorded only once they all are, so that a stop halfway keeps no stale output."""
+
+    def __init__(self, results, overwrite):
+        self.path, self.overwrite = os.path.join(results, MADE_WITH), overwrite
+        try:
+            with open(self.path) as f:
+                self.record = json.load(f)
+        except (OSError, ValueError):
+            self.record = {}
+
+    def start(self, direction, digest, files):
+        """The inputs of `files` ({path: its output files}) that need no translating."""
+        complete = {path for path, outputs in files.items()
+                    if all(map(os.path.isfile, outputs))}
+        if self.record.get(direction) == digest and not self.overwrite:
+            return complete
+        if any(os.path.isfile(f) for outputs in files.values() for f in outputs):
+            self.record.pop(direction, None)
+            self._save()
+            if not self.overwrite:
+                print(f"{direction}: the results there were made with other weights or "
+                      "precision; translating every input again")
+            return set()
+        self.end(direction, digest)
+        return set()
+
+    def end(self, direction, digest):
+        self.record[direction] = digest
+        self._save()
+
+    def _save(self):
+        atomic_write_text(json.dumps(self.record, indent=2) + "\n", self.path)
 
 
 def translate_images(direction, names, translator, settings):
@@ -341,10 +409,13 @@ def save_images(image, fake, rec, results, direction, name):
 
 
 def save_png(pixels, path):
+    """Written under a temporary name, then renamed: a PNG that exists is complete, whatever
+    stopped the run, and a rerun can skip its input."""
     if pixels.is_floating_point():  # a grayscale input, on the 0-255 scale
         pixels = pixels.add(0.5).clamp(0, 255).to(torch.uint8)
     array = pixels.permute(1, 2, 0).numpy()
-    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(path)
+    image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def translate_video(direction, path, name, translator, settings):
@@ -383,6 +454,8 @@ def finish(args, translated, nets):
         write_index(args.results, {d: files for d, files in translated.items() if files},
                     {d: G_back is not None for d, (_, G_back) in nets.items()}, made_by)
     else:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(args.results, MADE_WITH))
         for folder, _, _ in sorted(os.walk(args.results), reverse=True):  # sub-folders first
             with contextlib.suppress(OSError):  # not empty
                 os.rmdir(folder)
@@ -439,6 +512,7 @@ def page_however_it_stops(args, translated, nets):
 
 
 def main(argv=None):
+    print_any_file_name()
     args = build_parser().parse_args(argv)
     with one_line_errors():
         if args.dataroot is not None:  # the authors' datasets on first use, as train.py
@@ -447,28 +521,49 @@ def main(argv=None):
         if args.pretrained:  # downloaded once the options are known to be good
             fetch_pretrained(args.pretrained)
         device = pick_device(args.device)
-        scans = {d: list_inputs(path) for d, path in inputs.items()}
+        max_pixels = pixel_limit(args.max_megapixels)
+        scans = {d: list_inputs(path, max_pixels) for d, path in inputs.items()}
         scans = {d: (paths[:args.num_test], skipped) for d, (paths, skipped) in scans.items()}
         nets = load_generators(args.weights, list(inputs), args.ngf, args.n_blocks, device,
                                args.epoch)
-        make_results_folder(args.results)
-    report_skipped([entry for _, skipped in scans.values() for entry in skipped])
-    set_fp32_precision("ieee")
-    amp = use_amp(args.amp, device)
-    print(f"device {device} ({precision_name(amp_dtype(device) if amp else None)})")
-    settings = Settings(results=args.results, device=device, amp=amp, batch_size=args.batch_size,
-                        workers=args.workers, side_by_side=args.side_by_side,
-                        memory=args.memory_gb and args.memory_gb * 1e9)
-    translated = {d: [] for d in inputs}
-    with page_however_it_stops(args, translated, nets):
-        for direction, (G, G_back) in nets.items():
-            translator = Translator(G, G_back, settings)
-            for file in translate_direction(direction, scans[direction][0], translator, settings):
-                translated[direction].append(file)
-    if not finish(args, translated, nets):
-        fail("test.py: error: nothing could be translated (see the skipped files above)")
+        with claimed(args.results, "test.py", "--results"):
+            translate_all(args, {d: paths for d, (paths, _) in scans.items()}, nets, device,
+                          [entry for _, skipped in scans.values() for entry in skipped])
     print(f"results in {args.results} ({os.path.join(args.results, 'index.html')})")
 
+
+def translate_all(args, inputs, nets, device, skipped):
+    """Every direction's inputs into --results (but those a run before completed), then the
+    page; one line and its exit status where that stops early."""
+    report_skipped(skipped)
+    set_fp32_precision("ieee")
+    amp = use_amp(args.amp, device)
+    precision = precision_name(amp_dtype(device) if amp else None)
+    print(f"device {device} ({precision})")
+    settings = Settings(results=args.results, device=device, amp=amp, precision=precision,
+                        batch_size=args.batch_size, workers=args.workers,
+                        side_by_side=args.side_by_side,
+                        memory=args.memory_gb and args.memory_gb * 1e9)
+    translated = {d: [] for d in inputs}
+    finished = Finished(args.results, args.overwrite)
+    with page_however_it_stops(args, translated, nets):
+        for direction, (G, G_back) in nets.items():
+            names = dict(zip(inputs[direction], output_names(inputs[direction])))
+            files = {path: output_files(args.results, direction, path, name, G_back is not None)
+                     for path, name in names.items()}
+            digest = made_with(G, G_back, settings)
+            done = finished.start(direction, digest, files)
+            if done:
+                print(f"{direction}: {len(done)} of {len(names)} inputs were translated by a "
+                      "run before; translating the rest (--overwrite: all of them)")
+            translated[direction] += [os.path.basename(files[path][0]) for path in done]
+            todo = {path: name for path, name in names.items() if path not in done}
+            translator = Translator(G, G_back, settings)
+            for file in translate_direction(direction, todo, translator, settings):
+                translated[direction].append(file)
+            finished.end(direction, digest)
+    if not finish(args, translated, nets):
+        fail("test.py: error: nothing could be translated (see the skipped files above)")
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -35,11 +35,12 @@ from fid import inception_network
 from models import DISCRIMINATORS, GENERATORS, INIT_TYPES, NORMS, crop_problem
 from utils import (LR_POLICIES, VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals,
                    UserError, add_amp_argument, add_compile_argument, add_device_argument,
-                   add_workers_argument, atomic_save, atomic_write_text, cpu_bf16,
+                   add_workers_argument, atomic_save, atomic_write_text, claimed, cpu_bf16,
                    default_load_size, default_output, describe, eager_where_compiling_fails,
                    fail, ignore_stop_signals, load_weights, lr_factor, native_bf16, on_cpu,
-                   pick_device, precision_name, report_skipped, require, run_sibling,
-                   save_visuals, set_fp32_precision, use_amp, use_compile, visuals_grid)
+                   pick_device, precision_name, print_any_file_name, report_skipped, require,
+                   run_sibling, save_visuals, set_fp32_precision, use_amp, use_compile,
+                   visuals_grid)
 from weights import existing, network_files
 
 ARCHITECTURE = ("input_nc", "output_nc", "netG", "n_blocks", "ngf", "netD", "ndf", "n_layers_D",
@@ -903,11 +904,14 @@ def report(message, status, launch):
 
 
 def main(argv=None):
+    print_any_file_name()
     launch = None
     try:
         args, checkpoint = parse_args(argv)
         launch = Launch(args.device)
-        train(args, checkpoint, launch)
+        with (claimed(args.output, "train.py", "--output") if launch.writes
+              else contextlib.nullcontext()):
+            train(args, checkpoint, launch)
     except UserError as e:
         report(f"error: {e}", 2, launch)
     except RunFailure as e:

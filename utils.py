@@ -4,6 +4,7 @@ batches); files (atomic writes, downloads, writes in background threads, weights
 and the run's record (the loss log and the sample grids; its visdom dashboard is dashboard.py)."""
 import argparse
 import collections
+import contextlib
 import csv
 import io
 import logging
@@ -90,6 +91,15 @@ class ArgumentParser(argparse.ArgumentParser):
                 message = (f"{network} is an option of training (train.py): {self.prog} reads "
                            "the networks from the weights; drop it")
         fail(f"{self.prog}: error: {message}")
+
+
+def print_any_file_name():
+    """File names need not be UTF-8 (zip files from old Windows machines, old cameras, network
+    shares): Python keeps their stray bytes as surrogates, which printing refuses with a
+    traceback. The scripts show them as escapes instead; the files keep their bytes."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def fail(message, status=2):
@@ -523,14 +533,15 @@ def download(url, path, hint):
 
 def atomic_save(obj, path):
     """torch.save to a temporary name, then rename: a kill never leaves a truncated file."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text, path):
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
+    """write(f) into a temporary file, synced, then renamed to `path`."""
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "wb") as f:
@@ -541,6 +552,56 @@ def _atomic_write(path, write):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def claimed(folder, program, option):
+    """Hold `folder` (the value of `option`) for this process while the `with` block runs:
+    a second train.py or test.py writing there (a requeued job, a second terminal) stops with
+    one line naming this one. The lock is the kernel's (flock, or msvcrt's on Windows), so a
+    process that is killed, even with SIGKILL, releases it; the file only says who holds it.
+    A folder this made and leaves empty is removed again."""
+    made = not os.path.isdir(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle = open(os.path.join(folder, LOCK_FILE), "a+", encoding="utf-8",
+                      errors="backslashreplace")
+    except OSError as e:
+        raise UserError(f"{option} {folder}: cannot write there ({e.strerror or e})")
+    try:
+        _lock(handle, folder)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{program}, process {os.getpid()} on {platform.node()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+        if made and os.listdir(folder) == [LOCK_FILE]:
+            os.remove(os.path.join(folder, LOCK_FILE))
+            os.rmdir(folder)
+
+
+def _lock(handle, folder):
+    try:
+        if os.name == "nt":
+            import msvcrt
+            handle.seek(1 << 20)  # a byte past the holder's line, which others must read
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        raise UserError(f"{folder} is in use by {holder}; wait for it to end, or write "
+                        "elsewhere") from None
+    except OSError as e:  # a file system without locks (some network and FUSE mounts)
+        print(f"warning: cannot lock {folder} ({e.strerror or e}); make sure that no other "
+              "run writes there", file=sys.stderr)
 
 
 class Behind:
