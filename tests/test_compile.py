@@ -21,19 +21,21 @@ def compiler_works(monkeypatch):
 
 
 @pytest.fixture
-def no_compiler(monkeypatch):
-    """torch's C++ compiler setting pointed at a program that fails, as CXX=/bin/false does."""
+def no_compiler():
+    """torch's C++ compiler setting pointed at a program that fails, as CXX=/bin/false does;
+    with torch's own config.patch, as pytest 9.2's monkeypatch deletes the setting on undo."""
     import torch._inductor.config
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/bin/false"))
+    with torch._inductor.config.patch({"cpp.cxx": (None, "/bin/false")}):
+        yield
 
 
 @pytest.fixture
-def fresh_dynamo(monkeypatch):
+def fresh_dynamo():
     """Dynamo remembers the functions it failed to compile, and suppress_errors is global."""
-    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+    with torch._dynamo.config.patch(suppress_errors=False):
+        torch._dynamo.reset()
+        yield
+        torch._dynamo.reset()
 
 
 def test_auto_compiles_the_default_horse2zebra_run(compiler_works):

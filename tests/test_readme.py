@@ -10,9 +10,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 OPTIONS_DOC = os.path.join(ROOT, "docs", "options.md")
-SCRIPTS = ("train.py", "test.py", "evaluate.py", "benchmark.py")
+SCRIPTS = ("train.py", "test.py", "evaluate.py", "benchmark.py", "export.py")
 
-# Options the documents mention that belong to other tools, not to the four scripts.
+# Options the documents mention that belong to other tools, not to the five scripts.
 NOT_OURS = {
     "--index-url", "--upgrade", "--build-constraint",  # pip install
     "--smoke",  # scripts/gpu_check.sh
@@ -22,10 +22,10 @@ NOT_OURS = {
 }
 
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]")
-SCRIPT = re.compile(r"\b(train|test|evaluate|benchmark)\.py\b")
+SCRIPT = re.compile(r"\b(train|test|evaluate|benchmark|export)\.py\b")
 
 # The script a README section is about (docs/options.md's sections are named after theirs).
-# A section not listed here, or renamed, checks its options against all four scripts.
+# A section not listed here, or renamed, checks its options against all five scripts.
 SECTION_SCRIPTS = {
     "Train": {"train.py"},
     "Watching training in visdom": {"train.py"},
@@ -62,7 +62,7 @@ def help_options():
 
 def mentions(path):
     """(line number, option, scripts it should belong to) for every --option in a file: the scripts
-    named on its line; failing that, the script of its section; failing that, any of the four."""
+    named on its line; failing that, the script of its section; failing that, any of the five."""
     section, fenced = set(SCRIPTS), False
     for number, line in enumerate(read_lines(path), 1):
         fenced ^= line.startswith("```")
