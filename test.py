@@ -445,13 +445,14 @@ def translate_video(direction, path, name, translator, settings):
 
 
 def finish(args, translated, nets):
-    """index.html for the files translated, whenever any were; else the folders made for them
-    are removed. Returns the number of files."""
+    """index.html for the files translated (in this run, or kept from one before), in order of
+    name, whenever there are any; else the folders made for them are removed. Returns the
+    number of files."""
     count = sum(map(len, translated.values()))
     if count:
         made_by = (f"the authors' {args.pretrained} generator" if args.pretrained
                    else f"the weights in {args.weights}")
-        write_index(args.results, {d: files for d, files in translated.items() if files},
+        write_index(args.results, {d: sorted(files) for d, files in translated.items() if files},
                     {d: G_back is not None for d, (_, G_back) in nets.items()}, made_by)
     else:
         with contextlib.suppress(OSError):
@@ -564,6 +565,7 @@ def translate_all(args, inputs, nets, device, skipped):
             finished.end(direction, digest)
     if not finish(args, translated, nets):
         fail("test.py: error: nothing could be translated (see the skipped files above)")
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -561,28 +561,46 @@ LOCK_FILE = ".lock"
 def claimed(folder, program, option):
     """Hold `folder` (the value of `option`) for this process while the `with` block runs:
     a second train.py or test.py writing there (a requeued job, a second terminal) stops with
-    one line naming this one. The lock is the kernel's (flock, or msvcrt's on Windows), so a
-    process that is killed, even with SIGKILL, releases it; the file only says who holds it.
-    A folder this made and leaves empty is removed again."""
+    one line naming this one. The lock is the kernel's (flock, or msvcrt's on Windows) on
+    FOLDER/.lock, so a process that is killed, even with SIGKILL, releases it; the file only
+    says who holds it, and is removed on release. A folder this made and leaves empty is
+    removed again."""
     made = not os.path.isdir(folder)
+    path = os.path.join(folder, LOCK_FILE)
     try:
         os.makedirs(folder, exist_ok=True)
-        handle = open(os.path.join(folder, LOCK_FILE), "a+", encoding="utf-8",
-                      errors="backslashreplace")
+        handle = _locked(path, folder)
     except OSError as e:
         raise UserError(f"{option} {folder}: cannot write there ({e.strerror or e})")
     try:
-        _lock(handle, folder)
-        handle.seek(0)
-        handle.truncate()
         handle.write(f"{program}, process {os.getpid()} on {platform.node()}\n")
         handle.flush()
         yield
     finally:
+        with contextlib.suppress(OSError):  # Windows keeps an open file
+            os.remove(path)
         handle.close()
-        if made and os.listdir(folder) == [LOCK_FILE]:
-            os.remove(os.path.join(folder, LOCK_FILE))
+        if made and not os.listdir(folder):
             os.rmdir(folder)
+
+
+def _locked(path, folder):
+    """FOLDER/.lock, open and locked. A holder removes the file before it lets go, so a lock
+    won on a file no longer at `path` is tried again on the new one."""
+    while True:
+        handle = open(path, "a+", encoding="utf-8", errors="backslashreplace")
+        try:
+            _lock(handle, folder)
+            if os.path.samestat(os.fstat(handle.fileno()), os.stat(path)):
+                handle.seek(0)
+                handle.truncate()
+                return handle
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            handle.close()
+            raise
+        handle.close()
 
 
 def _lock(handle, folder):

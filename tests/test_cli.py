@@ -75,7 +75,7 @@ def test_results_default_to_the_weights_folder_and_the_architecture_to_the_weigh
                         "--workers", "0")
     assert result.returncode == 0, result.stderr
     assert (sorted(os.listdir(os.path.join(out, "results")))
-            == ["B2A", "index.html", "real_B", "rec_B"])
+            == [".translated_with.json", "B2A", "index.html", "real_B", "rec_B"])
     result = run_script("test.py", "--input", os.path.join(dataset, "testA"), "--weights", out,
                         "--workers", "0")
     assert result.returncode == 0, result.stderr
@@ -454,8 +454,9 @@ def test_a_photo_too_large_for_gpu_memory_is_translated_on_the_cpu_with_one_warn
         return translate(net, images), False
 
     monkeypatch.setattr(test_py, "translate_within", running_out_of_memory)
-    settings = test_py.Settings(results="", device=torch.device("cpu"), amp=False, batch_size=1,
-                                workers=0, side_by_side=False, memory=None)
+    settings = test_py.Settings(results="", device=torch.device("cpu"), amp=False,
+                                precision="float32", batch_size=1, workers=0, side_by_side=False,
+                                memory=None)
     translator = test_py.Translator(G, None, settings)
     small, large = (torch.randint(0, 256, (1, 3, *size), dtype=torch.uint8)
                     for size in ((32, 32), (48, 64)))

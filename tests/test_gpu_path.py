@@ -18,7 +18,8 @@ test_py = load_script("test.py")
 
 def settings(tmp_path, device="cuda", **options):
     values = dict(results=str(tmp_path / "results"), device=torch.device(device), amp=True,
-                  batch_size=4, workers=0, side_by_side=False, memory=None)
+                  precision="bfloat16 autocast", batch_size=4, workers=0, side_by_side=False,
+                  memory=None)
     return test_py.Settings(**{**values, **options})
 
 

@@ -161,7 +161,8 @@ def test_the_input_as_the_network_saw_it_goes_to_real_A(tmp_path, generator):
 def test_a_b2a_video_reads_and_writes_the_b_folders(tmp_path, generator):
     clip = write_video(tmp_path / "clip.mp4", n=3)
     assert translate_video(clip, generator, tmp_path / "out", "--direction", "B2A").returncode == 0
-    assert sorted(os.listdir(tmp_path / "out")) == ["B2A", "index.html", "real_B"]
+    assert (sorted(os.listdir(tmp_path / "out"))
+            == [".translated_with.json", "B2A", "index.html", "real_B"])
     assert os.listdir(tmp_path / "out" / "B2A") == ["clip.mp4"]
 
 
