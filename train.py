@@ -35,12 +35,12 @@ from fid import inception_network
 from models import DISCRIMINATORS, GENERATORS, INIT_TYPES, NORMS, crop_problem
 from utils import (LR_POLICIES, VISUAL_NAMES, ArgumentParser, LossLog, RunFailure, StopSignals,
                    UserError, add_amp_argument, add_compile_argument, add_device_argument,
-                   add_workers_argument, atomic_save, atomic_write_text, claimed, cpu_bf16,
-                   default_load_size, default_output, describe, eager_where_compiling_fails,
-                   fail, ignore_stop_signals, load_weights, lr_factor, native_bf16, on_cpu,
-                   pick_device, precision_name, print_any_file_name, report_skipped, require,
-                   run_sibling, save_visuals, set_fp32_precision, use_amp, use_compile,
-                   visuals_grid)
+                   add_workers_argument, atomic_save, atomic_write_text, budget_lr_factor,
+                   claimed, cpu_bf16, default_load_size, default_output, describe,
+                   eager_where_compiling_fails, fail, ignore_stop_signals, load_weights,
+                   lr_factor, native_bf16, on_cpu, parse_duration, pick_device, precision_name,
+                   print_any_file_name, report_skipped, require, run_sibling, save_visuals,
+                   set_fp32_precision, use_amp, use_compile, visuals_grid)
 from weights import existing, network_files
 
 ARCHITECTURE = ("input_nc", "output_nc", "netG", "n_blocks", "ngf", "netD", "ndf", "n_layers_D",
@@ -68,7 +68,8 @@ def build_parser():
     p = ArgumentParser(description="Train CycleGAN on unaligned image folders "
                        "(DIR/trainA + DIR/trainB, or DIR/train/A + DIR/train/B).")
     _add_data_options(p)
-    _add_schedule_and_loss_options(p)
+    _add_schedule_options(p)
+    _add_optimiser_and_loss_options(p)
     _add_network_and_speed_options(p)
     _add_run_options(p)
     return p
@@ -109,7 +110,7 @@ def _add_data_options(p):
                    help="channels of domain B's images, as --input_nc (default: 3)")
 
 
-def _add_schedule_and_loss_options(p):
+def _add_schedule_options(p):
     p.add_argument("--n_epochs", type=int, default=100,
                    help="epochs at the full learning rate, as the authors' option (default: 100)")
     p.add_argument("--n_epochs_decay", type=int, default=100,
@@ -118,6 +119,24 @@ def _add_schedule_and_loss_options(p):
                    "100)")
     # An option of this repository's before it took the authors' names: refused, saying how.
     p.add_argument("--decay_epoch", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--lr_policy", choices=LR_POLICIES, default="linear",
+                   help="the learning-rate schedule, epoch by epoch, as the authors' option: "
+                   "linear (constant for --n_epochs, then towards zero over --n_epochs_decay), "
+                   "step (x0.1 every --lr_decay_iters epochs), plateau (as their CycleGAN, whose "
+                   "plateau sees no metric: x0.2 after 7 epochs, then every 6), cosine (a "
+                   "half cosine to zero over --n_epochs, rising again after) (default: linear)")
+    p.add_argument("--lr_decay_iters", type=int, default=50,
+                   help="with --lr_policy step: epochs between the steps (default: 50)")
+    p.add_argument("--time_budget", type=parse_duration, metavar="DURATION",
+                   help="train for this long (1h, 90m, 1h30m, 45s), compiling and evaluations "
+                   "included, instead of --n_epochs and --n_epochs_decay: the rate stays at --lr "
+                   "for the first half and falls linearly to zero at the end, whatever number "
+                   "of epochs fits; the run ends at the budget with its checkpoint, and --resume "
+                   "goes on within it. The clock decides the rate and the end, so such runs are "
+                   "not bit-reproducible")
+
+
+def _add_optimiser_and_loss_options(p):
     p.add_argument("--batch_size", type=int, default=1,
                    help="images per domain per step (default: 1, as in the paper)")
     p.add_argument("--lr", type=float, default=2e-4,
@@ -141,14 +160,6 @@ def _add_schedule_and_loss_options(p):
                    help="the GAN objective, as the authors' option: lsgan (least squares, the "
                    "paper's), vanilla (cross-entropy), wgangp (the Wasserstein critic's score, "
                    "without a gradient penalty, as in their CycleGAN) (default: lsgan)")
-    p.add_argument("--lr_policy", choices=LR_POLICIES, default="linear",
-                   help="the learning-rate schedule, epoch by epoch, as the authors' option: "
-                   "linear (constant for --n_epochs, then towards zero over --n_epochs_decay), "
-                   "step (x0.1 every --lr_decay_iters epochs), plateau (as their CycleGAN, whose "
-                   "plateau sees no metric: x0.2 after 7 epochs, then every 6), cosine (a "
-                   "half cosine to zero over --n_epochs, rising again after) (default: linear)")
-    p.add_argument("--lr_decay_iters", type=int, default=50,
-                   help="with --lr_policy step: epochs between the steps (default: 50)")
 
 
 def _add_network_and_speed_options(p):
@@ -350,6 +361,11 @@ def check_args(args):
         (not (args.resume and args.continue_train), "--resume and --continue_train: choose one "
          "(--resume continues exactly from checkpoint.pth)"),
         (args.lr > 0, f"--lr {args.lr}: must be positive"),
+        (args.time_budget is None or args.time_budget > 0,
+         f"--time_budget {args.time_budget}: must be more than 0 seconds"),
+        (args.time_budget is None or args.lr_policy == "linear",
+         f"--time_budget and --lr_policy {args.lr_policy}: a time budget has its own schedule, "
+         "linear over its second half; drop --lr_policy"),
         (0 <= args.seed < 2**32, f"--seed {args.seed}: must be between 0 and 2**32 - 1"),
         (1 <= args.visdom_port <= 65535,
          f"--visdom_port {args.visdom_port}: must be between 1 and 65535"),
@@ -632,6 +648,7 @@ class Run:
     launch: Launch
     model: CycleGAN
     record: TrainingRecord
+    schedule: "Schedule"
 
 
 class Interrupted(Exception):
@@ -679,10 +696,12 @@ def build_model(args, launch):
 
 def compile_if_it_pays(model, args, launch, at, iterations):
     """torch.compile the networks as --compile decides for the rest of a run of `iterations`
-    per epoch, from `at`; returns how they run, for the start-up line."""
+    per epoch (or of its time budget), from `at`; returns how they run, for the start-up
+    line."""
     done = at.pairs // (args.batch_size * launch.world_size)
     left = iterations * (epochs(args) - at.epoch) - done
-    mode, note = use_compile(args.compile, launch.device, left)
+    seconds = args.time_budget and args.time_budget - at.seconds
+    mode, note = use_compile(args.compile, launch.device, left, seconds)
     if mode is None:
         return f"eager{': ' + note if note else ''}"
     # torch's C++ build helper warns about CUDA_HOME on machines without CUDA; harmless here.
@@ -707,13 +726,15 @@ def build_loader(args, launch, paths_A, paths_B):
     return sampler, loader
 
 
-def epoch_bar(loader, at, args, launch):
-    """The progress bar of epoch `at.epoch`, counting on from where a resumed run stopped. Its
-    speed, and so the time left, is the average since the bar opened: tqdm's default moving
-    average over the last few iterations made the time left swing on a busy machine, and
-    showed hours right after a resume, whose first iteration is slow."""
+def epoch_bar(loader, at, run):
+    """The progress bar of epoch `at.epoch`, counting on from where a resumed run stopped, and
+    under a time budget counting that down too. Its speed, and so the time left, is the
+    average since the bar opened: tqdm's default moving average over the last few iterations
+    made the time left swing on a busy machine, and showed hours right after a resume, whose
+    first iteration is slow."""
+    args, launch = run.args, run.launch
     done = at.pairs // (args.batch_size * launch.world_size)
-    return tqdm(loader, desc=f"epoch {at.epoch + 1}/{epochs(args)}", initial=done,
+    return tqdm(loader, desc=run.schedule.description(at), initial=done,
                 total=done + len(loader), dynamic_ncols=True, smoothing=0, bar_format=BAR_FORMAT,
                 disable=not launch.writes)
 
@@ -749,12 +770,60 @@ def interrupted(run, stop, bar, at):
                        f"{run.args.output}; continue with --resume", 128 + signum)
 
 
+class Schedule:
+    """The learning rate and the end of the run: epoch by epoch, as the authors' policies, or by
+    the training clock under --time_budget. The clock is read where the losses are (every
+    READ_EVERY iterations); under torchrun it is rank 0's, so that all processes set the same
+    rate and stop at the same iteration."""
+
+    def __init__(self, args, launch, record):
+        self.args, self.launch, self.record = args, launch, record
+        self.budget, self.seconds = args.time_budget, record.seconds()
+
+    def clock(self):
+        """Seconds of training so far; under torchrun rank 0's, which all processes ask for
+        together."""
+        if self.launch.world_size == 1:
+            return self.record.seconds()
+        seconds = torch.tensor([self.record.seconds() if self.launch.writes else 0.0],
+                               dtype=torch.float64, device=self.launch.device)
+        dist.all_reduce(seconds)
+        return seconds.item()
+
+    def more(self, at):
+        """Whether the run goes on from `at`: by the clock as `at` (and the checkpoint) keeps
+        it, so that a resumed run decides as the saved one did."""
+        if self.budget is None:
+            return at.epoch < epochs(self.args)
+        return at.seconds < self.budget
+
+    def lr(self, at):
+        """The rate at `at` (by the clock under a time budget); the clock's reading is kept for
+        the progress bar."""
+        if self.budget is None:
+            args = self.args
+            return args.lr * lr_factor(args.lr_policy, at.epoch, args.n_epochs,
+                                       args.n_epochs_decay, args.lr_decay_iters)
+        self.seconds = self.clock()
+        return self.args.lr * budget_lr_factor(self.seconds, self.budget)
+
+    def over(self):
+        """Whether the time budget ran out at the last reading of the clock."""
+        return self.budget is not None and self.seconds >= self.budget
+
+    def description(self, at):
+        if self.budget is None:
+            return f"epoch {at.epoch + 1}/{epochs(self.args)}"
+        left = datetime.timedelta(seconds=round(max(0.0, self.budget - self.seconds)))
+        return f"epoch {at.epoch + 1}, {left} of {datetime.timedelta(seconds=self.budget)} left"
+
+
 def train_epoch(run, bar, at, stop):
     """Train on the batches of `bar`, the rest of epoch `at.epoch`; returns the Position at
-    its end. On SIGINT/SIGTERM, saves and raises Interrupted."""
+    its end, or where the time budget ran out (then saved), and whether it did. On
+    SIGINT/SIGTERM, saves and raises Interrupted."""
     args, launch, model, record = run.args, run.launch, run.model, run.record
-    lr = args.lr * lr_factor(args.lr_policy, at.epoch, args.n_epochs, args.n_epochs_decay,
-                             args.lr_decay_iters)
+    lr = run.schedule.lr(at)
     model.set_lr(lr)
     fetched = time.perf_counter()
     for data in bar:
@@ -765,21 +834,33 @@ def train_epoch(run, bar, at, stop):
         save_due = at.iteration % args.save_every == 0
         read_due = log_due or save_due or at.iteration % READ_EVERY == 0
         stopping = agree_to_stop(stop, launch, read_due)
+        if read_due and run.schedule.budget:
+            lr = run.schedule.lr(at)
+            model.set_lr(lr)
+            bar.set_description_str(run.schedule.description(at), refresh=False)
         if read_due or stopping:
-            means = record.read(at)
-            bar.set_postfix_str(bar_losses(means, record.data_share()), refresh=False)
-            if log_due:
-                record.flush(at, lr, means)
+            show_losses(record, bar, at, lr if log_due else None)
         if at.iteration % args.sample_every == 0:
             record.sample(at.iteration, model.visuals)
-        if save_due or stopping:
+        over = read_due and run.schedule.over()
+        if save_due or stopping or over:
             at = dataclasses.replace(at, seconds=record.seconds())
             save_run(model, args, launch, at)
         if stopping:
             raise interrupted(run, stop, bar, at)
+        if over:
+            return at, True
         fetched = time.perf_counter()
     record.read(at)  # the finiteness check, before the epoch-end checkpoint
-    return at
+    return at, False
+
+
+def show_losses(record, bar, at, lr):
+    """The mean losses on the progress bar and, given the `lr`, in losses.csv and visdom."""
+    means = record.read(at)
+    bar.set_postfix_str(bar_losses(means, record.data_share()), refresh=False)
+    if lr is not None:
+        record.flush(at, lr, means)
 
 
 def keep_best(output, row):
@@ -862,16 +943,19 @@ def train(args, checkpoint, launch):
                              iterations_per_epoch(args, launch, paths_A, paths_B))
     if launch.torchrun:
         model.distribute()
-    run = Run(args, launch, model, TrainingRecord(args, at, launch))
+    record = TrainingRecord(args, at, launch)
+    run = Run(args, launch, model, record, Schedule(args, launch, record))
     sampler, loader = build_loader(args, launch, paths_A, paths_B)
     if launch.writes:
         print(start_line(args, launch, model, (paths_A, paths_B), how))
     with StopSignals(second_quits=not launch.torchrun) as stop, contextlib.closing(run.record):
-        while at.epoch < epochs(args):
+        while run.schedule.more(at):
             sampler.set_epoch(at.epoch, start=at.pairs)
-            with epoch_bar(loader, at, args, launch) as bar:
-                at = train_epoch(run, bar, at, stop)
-            at = at.next_epoch(run.record.seconds())
+            with epoch_bar(loader, at, run) as bar:
+                at, over = train_epoch(run, bar, at, stop)
+            if over:
+                break
+            at = at.next_epoch(run.schedule.clock())
             save_run(model, args, launch, at)
             if launch.writes and args.save_epoch_freq and at.epoch % args.save_epoch_freq == 0:
                 save_snapshot(model, args, at.epoch)
@@ -888,7 +972,9 @@ def farewell(args, launch, at, record):
     same = (f"; the {launch.world_size} processes ended with identical weights"
             if launch.world_size > 1 else "")
     waited = record.total_wait / max(time.perf_counter() - record.session_start, 1e-9)
-    return (f"done after {epochs(args)} epoch(s) and {at.iteration} iterations{same}; "
+    length = (f"the time budget of {datetime.timedelta(seconds=args.time_budget)}, in epoch "
+              f"{at.epoch + 1}," if args.time_budget else f"{epochs(args)} epoch(s)")
+    return (f"done after {length} and {at.iteration} iterations{same}; "
             f"{waited:.1%} of this session's time went to waiting for data; weights in "
             f"{args.output}")
 

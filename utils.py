@@ -307,6 +307,9 @@ def add_compile_argument(parser):
 # per iteration on the CPUs measured: every configuration there repaid a cold compile within
 # 2,400 iterations (docs/benchmarks.md). Shorter runs (trials, tests) stay eager.
 COMPILE_MIN_ITERATIONS = 5000
+# The same in time, for runs with a time budget: the longest repayment measured took 99 minutes
+# (990 iterations of 6 s at 256x256 in bf16 on a 2-core AMD EPYC).
+COMPILE_MIN_SECONDS = 2 * 3600
 
 
 def compile_problem(device):
@@ -326,16 +329,21 @@ def compile_problem(device):
     return None
 
 
-def use_compile(choice, device, iterations):
+def use_compile(choice, device, iterations, seconds=None):
     """Resolve --compile auto|on|off|graphs for a run of `iterations` more iterations on
-    `device`: (torch.compile's mode, or None for eager; a note on what was not done, or None).
-    auto does not pick graphs: no GPU has timed them against plain compiling yet."""
+    `device`, or of `seconds` more under a time budget: (torch.compile's mode, or None for
+    eager; a note on what was not done, or None). auto does not pick graphs: no GPU has timed
+    them against plain compiling yet."""
     if choice == "off":
         return None, None
     problem = compile_problem(device)
     if problem:
         return None, problem
-    if choice == "auto" and iterations < COMPILE_MIN_ITERATIONS:
+    if choice == "auto" and seconds is not None and seconds < COMPILE_MIN_SECONDS:
+        return None, (f"{seconds / 60:.0f} minutes of time budget are too few to repay "
+                      f"compiling (--compile auto compiles from {COMPILE_MIN_SECONDS // 3600} "
+                      "hours)")
+    if choice == "auto" and seconds is None and iterations < COMPILE_MIN_ITERATIONS:
         return None, (f"{iterations} iterations are too few to repay compiling (--compile auto "
                       f"compiles from {COMPILE_MIN_ITERATIONS})")
     if choice == "graphs" and device.type != "cuda":
@@ -476,6 +484,23 @@ def _stack(images, pin):
 
 
 LR_POLICIES = ("linear", "step", "plateau", "cosine")
+
+
+def budget_lr_factor(seconds, budget):
+    """The learning-rate factor `seconds` into a time budget: 1 for its first half, then a
+    straight line to 0 at its end."""
+    return min(1.0, max(0.0, 2 * (1 - seconds / budget)))
+
+
+def parse_duration(text):
+    """Seconds in a duration such as 1h, 90m, 1h30m, 45s or 3600 (seconds); for argparse."""
+    match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?",
+                         text.strip())
+    if not text.strip() or match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 1h, 90m, 1h30m or "
+                                         "45s")
+    hours, minutes, seconds = (float(part or 0) for part in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
 
 
 def lr_factor(policy, epoch, n_epochs, n_epochs_decay, lr_decay_iters=50):
