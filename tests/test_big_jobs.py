@@ -19,6 +19,7 @@ from conftest import (ROOT, TINY, assert_user_error, make_dataset, run_script, s
                       write_image)
 from test_evaluate import random_inception  # noqa: F401 (a fixture)
 from test_robustness import PAUSED_WRITER, wait_for
+from test_video import write_video
 
 NOT_UTF8 = os.fsdecode(b"caf\xe9")  # Latin-1 bytes, as old Windows zip files and cameras wrote
 
@@ -44,6 +45,16 @@ def test_test_py_translates_a_name_that_is_not_utf8_keeping_its_bytes(tmp_path):
     page = (results / "index.html").read_text(encoding="utf-8")
     assert "src='A2B/caf%E9.png'" in page and "caf\\xe9.png</td>" in page
     assert "results in" in result.stdout
+
+
+def test_a_video_whose_name_is_not_utf8_translates_keeping_its_bytes(tmp_path):
+    clip = write_video(tmp_path / f"clip_{NOT_UTF8}.mp4", n=3)
+    save_generator(tmp_path / "netG_A2B.pth")
+    result = run_script("test.py", "--input", clip, "--weights", tmp_path / "netG_A2B.pth",
+                        "--results", tmp_path / "out", "--device", "cpu", in_process=False)
+    assert result.returncode == 0, result.stderr
+    assert files_in(tmp_path / "out" / "A2B") == [b"clip_caf\xe9.mp4"]
+    assert "src='A2B/clip_caf%E9.mp4'" in (tmp_path / "out" / "index.html").read_text()
 
 
 def test_train_py_trains_on_names_and_into_a_folder_that_are_not_utf8(tmp_path):
